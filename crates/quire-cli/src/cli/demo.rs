@@ -1,0 +1,163 @@
+//! `quire demo`: the whole production line on a fresh machine. Starts the stack, applies
+//! the topics, starts the four services, publishes the bundled multilingual sample,
+//! waits for every block to complete or be quarantined, prints a summary, and stops it
+//! all again.
+
+use super::publish::{publish, read_dataset, submissions};
+use super::report::{wait_for_dataset, DatasetReport};
+use super::stack::{self, DirArgs, Storage, UpArgs};
+use super::topics::{apply_topics, ApplyArgs};
+use anyhow::{bail, Context};
+use quire_core::records::ValidatedResult;
+use quire_kafka::config::TopicNames;
+use quire_kafka::reader::TopicReader;
+use quire_kafka::{Codec, KafkaArgs};
+use rdkafka::Message;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::Duration;
+
+/// The services, in pipeline order.
+pub const SERVICES: [&str; 4] = ["quire-claimer", "quire-inference", "quire-validator", "quire-quarantine"];
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Dataset to run (default: the bundled samples/multilingual.jsonl).
+    #[arg(long)]
+    pub dataset: Option<PathBuf>,
+    /// Directory for the stack and the services' logs.
+    #[arg(long, default_value = ".stack/demo")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 9092)]
+    pub broker_port: u16,
+    #[arg(long, default_value_t = 8081)]
+    pub registry_port: u16,
+    /// Longest to wait for the dataset, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub timeout: u64,
+    /// Leave the stack and services running afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+const SAMPLE: &str = include_str!("../../../../samples/multilingual.jsonl");
+
+/// Starts a service binary that sits beside this one, logging to `<dir>/<name>.log`.
+fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe()?.parent().context("binary directory")?.join(name);
+    if !exe.is_file() {
+        bail!("{} is missing: build the workspace first (cargo build --workspace)", exe.display());
+    }
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(&exe)
+        .env("QUIRE_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
+        .env("QUIRE_SCHEMA_REGISTRY_URL", &kafka.schema_registry_url)
+        .env("QUIRE_TOPIC_PREFIX", &kafka.topic_prefix)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))
+}
+
+async fn labels(kafka: &KafkaArgs, dataset: &str) -> anyhow::Result<BTreeMap<String, usize>> {
+    let codec = Codec::new(&kafka.schema_registry_url)?;
+    let topic = TopicNames::new(&kafka.topic_prefix).completed();
+    let mut payloads = Vec::new();
+    tokio::task::block_in_place(|| -> anyhow::Result<()> {
+        TopicReader::new(kafka)?.read_to_end(&topic, |_| None, Duration::from_secs(30), |m| payloads.push(m.payload().map(<[u8]>::to_vec)))?;
+        Ok(())
+    })?;
+    let mut labels = BTreeMap::new();
+    for payload in payloads {
+        let result: ValidatedResult = codec.decode(payload.as_deref()).await?;
+        if result.dataset_id == dataset {
+            *labels.entry(result.label).or_default() += 1;
+        }
+    }
+    Ok(labels)
+}
+
+fn print_summary(report: &DatasetReport, labels: &BTreeMap<String, usize>) {
+    println!();
+    println!("┌──────────────────────────────┬────────┐");
+    println!("│ {:<28} │ {:>6} │", format!("dataset {}", report.dataset), "");
+    println!("├──────────────────────────────┼────────┤");
+    let rows = [
+        ("documents", report.documents),
+        ("blocks expected", report.blocks_expected),
+        ("completed once", report.completed_once),
+        ("completed more than once", report.completed_more_than_once),
+        ("quarantined", report.quarantined),
+        ("missing", report.missing),
+    ];
+    for (name, value) in rows {
+        println!("│ {name:<28} │ {value:>6} │");
+    }
+    println!("├──────────────────────────────┼────────┤");
+    for (label, count) in labels {
+        println!("│ {:<28} │ {count:>6} │", format!("language {label}"));
+    }
+    println!("└──────────────────────────────┴────────┘");
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let up = UpArgs {
+        dir: DirArgs { dir: args.dir.clone() },
+        storage: Storage::Memory,
+        broker_port: args.broker_port,
+        registry_port: args.registry_port,
+    };
+    println!("starting the local stack (broker + schema registry) in {}", args.dir.display());
+    let state = stack::up(&up).await?;
+    let kafka = KafkaArgs {
+        bootstrap_servers: state.bootstrap_servers.clone(),
+        schema_registry_url: state.schema_registry_url.clone(),
+        ..KafkaArgs::default()
+    };
+    let mut children = Vec::new();
+    let outcome = async {
+        apply_topics(&ApplyArgs { kafka: kafka.clone(), profile: "local".into(), file: None, dry_run: false }).await?;
+        let dir = args.dir.canonicalize()?;
+        for name in SERVICES {
+            children.push(start_service(name, &kafka, &dir)?);
+            println!("started {name} (log: {})", dir.join(format!("{name}.log")).display());
+        }
+        let (path, dataset_name) = match &args.dataset {
+            Some(path) => (path.clone(), None),
+            None => {
+                let path = dir.join("multilingual.jsonl");
+                std::fs::write(&path, SAMPLE)?;
+                (path, Some("multilingual-sample".to_owned()))
+            }
+        };
+        let documents = read_dataset(&path)?;
+        let publish_args = super::publish::Args {
+            kafka: kafka.clone(),
+            path,
+            dataset: dataset_name,
+            idempotency_key: None,
+            task: "language-id".into(),
+            target_language: None,
+            quiet: false,
+        };
+        let records = submissions(&publish_args, &documents)?;
+        let dataset = records[0].dataset_id.clone();
+        publish(&kafka, &records, false).await?;
+        println!("published {} documents as dataset {dataset}; waiting for the pipeline…", records.len());
+        let report = wait_for_dataset(&kafka, &dataset, quire_core::split::DEFAULT_MAX_BLOCK_CHARS, Duration::from_secs(args.timeout)).await?;
+        print_summary(&report, &labels(&kafka, &dataset).await?);
+        anyhow::Ok(report)
+    }
+    .await;
+    if !args.keep {
+        for child in &mut children {
+            stack::stop_process(child.id(), Duration::from_secs(15));
+            let _ = child.wait();
+        }
+        stack::down(&args.dir)?;
+    }
+    let report = outcome?;
+    Ok(if report.is_sound() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

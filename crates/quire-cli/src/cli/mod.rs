@@ -1,0 +1,5 @@
+pub mod demo;
+pub mod publish;
+pub mod report;
+pub mod stack;
+pub mod topics;

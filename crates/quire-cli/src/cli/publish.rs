@@ -1,0 +1,172 @@
+//! `quire publish FILE|DIR`: reads a dataset (JSONL, one document per line, or a folder
+//! of `.txt` files), checks all of it, then publishes one record per document to the
+//! ingest topic, keyed by the submission's idempotency key.
+
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use quire_core::ids;
+use quire_core::records::{now_ms, DatasetSubmission};
+use quire_kafka::codec::schema_text;
+use quire_kafka::config::TopicNames;
+use quire_kafka::{Codec, KafkaArgs};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// A JSONL file (`{"id": ..., "text": ..., "source_language"?: ...}` per line) or a
+    /// folder of `.txt` files.
+    pub path: PathBuf,
+    /// Dataset name (default: the file or folder name without extension).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Idempotency key (default: a hash of the documents' ids and texts).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Task to run on the blocks.
+    #[arg(long, default_value = "language-id")]
+    pub task: String,
+    /// Target language, for tasks that produce one.
+    #[arg(long)]
+    pub target_language: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// One document of a dataset file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub source_language: Option<String>,
+}
+
+/// Reads a dataset; an error names the file and line of the first bad document.
+pub fn read_dataset(path: &Path) -> anyhow::Result<Vec<Document>> {
+    let mut documents = if path.is_dir() {
+        let mut files: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("reading folder {}", path.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(&file).with_context(|| format!("{} is not UTF-8 text", file.display()))?;
+                let id = file.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+                Ok(Document { id, text, source_language: None })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    } else {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(n, line)| {
+                serde_json::from_str::<Document>(line).with_context(|| format!("{} line {}: not a document", path.display(), n + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    if documents.is_empty() {
+        bail!("{} holds no documents", path.display());
+    }
+    documents.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(pair) = documents.windows(2).find(|w| w[0].id == w[1].id) {
+        bail!("{}: document id {:?} appears more than once", path.display(), pair[0].id);
+    }
+    Ok(documents)
+}
+
+/// The records `publish` sends for a dataset.
+pub fn submissions(args: &Args, documents: &[Document]) -> anyhow::Result<Vec<DatasetSubmission>> {
+    let dataset_id = match &args.dataset {
+        Some(name) => name.clone(),
+        None => args.path.file_stem().map(|s| s.to_string_lossy().into_owned()).context("cannot name the dataset: pass --dataset")?,
+    };
+    let key = args
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| ids::content_key(documents.iter().map(|d| (d.id.as_str(), d.text.as_str()))));
+    let request_id = format!("req-{:016x}", rand::random::<u64>());
+    let now = now_ms();
+    Ok(documents
+        .iter()
+        .enumerate()
+        .map(|(index, doc)| DatasetSubmission {
+            dataset_id: dataset_id.clone(),
+            document_id: doc.id.clone(),
+            idempotency_key: key.clone(),
+            document_index: index as i32,
+            document_count: documents.len() as i32,
+            text: doc.text.clone(),
+            source_language: doc.source_language.clone(),
+            target_language: args.target_language.clone(),
+            task: args.task.clone(),
+            request_id: request_id.clone(),
+            submitted_at_ms: now,
+        })
+        .collect())
+}
+
+/// Publishes the records; returns how many were acknowledged.
+pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool) -> anyhow::Result<usize> {
+    let topic = TopicNames::new(&kafka.topic_prefix).ingest();
+    let codec = Codec::new(&kafka.schema_registry_url)?;
+    codec.register(&topic, schema_text("DatasetSubmission")?).await?;
+    let producer: FutureProducer = kafka.client_config().set("enable.idempotence", "true").set("acks", "all").create()?;
+    let progress = if quiet { ProgressBar::hidden() } else { ProgressBar::new(records.len() as u64) };
+    progress.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} documents").expect("template").progress_chars("=> "));
+    progress.set_message(format!("publishing to {topic}"));
+    let mut sent = 0;
+    for record in records {
+        let payload = codec.encode(&topic, record).await?;
+        producer
+            .send(FutureRecord::to(&topic).key(&record.idempotency_key).payload(&payload), Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("publishing document {}: {e}", record.document_id))?;
+        sent += 1;
+        progress.inc(1);
+    }
+    producer.flush(Duration::from_secs(30))?;
+    progress.finish_and_clear();
+    Ok(sent)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let documents = read_dataset(&args.path)?;
+    let records = submissions(&args, &documents)?;
+    let sent = publish(&args.kafka, &records, args.quiet).await?;
+    let first = &records[0];
+    println!("dataset:         {}", first.dataset_id);
+    println!("documents:       {sent}");
+    println!("idempotency key: {}", first.idempotency_key);
+    println!("request id:      {}", first.request_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_lines_are_named() {
+        let dir = std::env::temp_dir().join(format!("quire-publish-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("d.jsonl");
+        std::fs::write(&file, "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"b\"}\n").unwrap();
+        let err = format!("{:#}", read_dataset(&file).unwrap_err());
+        assert!(err.contains("line 2") && err.contains("text"), "{err}");
+        std::fs::write(&file, "{\"id\":\"a\",\"text\":\"x\"}\n{\"id\":\"a\",\"text\":\"y\"}\n").unwrap();
+        assert!(format!("{:#}", read_dataset(&file).unwrap_err()).contains("more than once"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

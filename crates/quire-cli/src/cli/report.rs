@@ -1,0 +1,204 @@
+//! `quire status DATASET` and `quire verify DATASET`: read the topics as a downstream
+//! consumer does and account for every block the dataset should have produced.
+//!
+//! Expected blocks are recomputed from the ingest topic with the claimer's own
+//! splitting, so the count does not trust any stage's output.
+
+use quire_core::records::{DatasetSubmission, QuarantineRecord, StateChange};
+use quire_core::BlockState;
+use quire_kafka::config::TopicNames;
+use quire_kafka::reader::TopicReader;
+use quire_kafka::stages::claimer::blocks_of;
+use quire_kafka::{Codec, KafkaArgs};
+use rdkafka::Message;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Dataset name.
+    pub dataset: String,
+    /// The claimer's largest block, in characters (to recompute the expected blocks).
+    #[arg(long, env = "QUIRE_MAX_BLOCK_CHARS", default_value_t = quire_core::split::DEFAULT_MAX_BLOCK_CHARS)]
+    pub max_block_chars: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub report: Args,
+    /// Keep checking for up to this many seconds while blocks are missing.
+    #[arg(long, default_value_t = 0)]
+    pub wait: u64,
+}
+
+/// Where every expected block of a dataset is.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DatasetReport {
+    pub dataset: String,
+    pub documents: usize,
+    pub blocks_expected: usize,
+    pub completed_once: usize,
+    pub completed_more_than_once: usize,
+    pub quarantined: usize,
+    /// Records of the dataset quarantined before they became blocks (unreadable, empty).
+    pub documents_quarantined: usize,
+    pub missing: usize,
+    /// Latest audited state of each block, counted by state.
+    pub states: BTreeMap<String, usize>,
+}
+
+impl DatasetReport {
+    pub fn is_sound(&self) -> bool {
+        self.missing == 0 && self.completed_more_than_once == 0
+    }
+
+    fn print_table(&self) {
+        println!("dataset                    {}", self.dataset);
+        println!("documents                  {}", self.documents);
+        println!("blocks expected            {}", self.blocks_expected);
+        println!("completed once             {}", self.completed_once);
+        println!("completed more than once   {}", self.completed_more_than_once);
+        println!("quarantined                {}", self.quarantined);
+        println!("documents quarantined      {}", self.documents_quarantined);
+        println!("missing                    {}", self.missing);
+        for (state, count) in &self.states {
+            println!("  latest state {state:<12} {count}");
+        }
+    }
+}
+
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads all of `topic` as (key, value) pairs.
+fn read_all(reader: &TopicReader, topic: &str) -> anyhow::Result<Vec<(Option<String>, Option<Vec<u8>>)>> {
+    let mut records = Vec::new();
+    reader.read_to_end(topic, |_| None, READ_TIMEOUT, |m| {
+        records.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().map(<[u8]>::to_vec)));
+    })?;
+    Ok(records)
+}
+
+/// Builds the report for one dataset.
+pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: usize) -> anyhow::Result<DatasetReport> {
+    let names = TopicNames::new(&kafka.topic_prefix);
+    let codec = Codec::new(&kafka.schema_registry_url)?;
+    let (ingest, completed, quarantine, events) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let reader = TopicReader::new(kafka)?;
+        Ok((
+            read_all(&reader, &names.ingest())?,
+            read_all(&reader, &names.completed())?,
+            read_all(&reader, &names.quarantine())?,
+            read_all(&reader, &names.events())?,
+        ))
+    })?;
+
+    let mut documents = HashSet::new();
+    let mut expected = HashSet::new();
+    for (_, value) in &ingest {
+        // Unreadable ingest records are accounted for by the quarantine below.
+        let Ok(submission) = codec.decode::<DatasetSubmission>(value.as_deref()).await else { continue };
+        if submission.dataset_id != dataset {
+            continue;
+        }
+        if documents.insert((submission.idempotency_key.clone(), submission.document_id.clone())) {
+            expected.extend(blocks_of(&submission, max_block_chars, 0).into_iter().map(|b| b.block_id));
+        }
+    }
+
+    let mut completions: HashMap<&str, usize> = HashMap::new();
+    for (key, _) in &completed {
+        if let Some(key) = key.as_deref().filter(|k| expected.contains(*k)) {
+            *completions.entry(key).or_default() += 1;
+        }
+    }
+
+    let mut quarantined = HashSet::new();
+    let mut documents_quarantined = 0;
+    for (_, value) in &quarantine {
+        let Ok(record) = codec.decode::<QuarantineRecord>(value.as_deref()).await else { continue };
+        match record.block_id {
+            Some(block_id) if expected.contains(&block_id) => {
+                quarantined.insert(block_id);
+            }
+            None if record.dataset_id.as_deref() == Some(dataset) => documents_quarantined += 1,
+            _ => {}
+        }
+    }
+
+    let mut latest: HashMap<String, (i64, BlockState)> = HashMap::new();
+    for (key, value) in &events {
+        if !key.as_deref().is_some_and(|k| expected.contains(k)) {
+            continue;
+        }
+        let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await else { continue };
+        let rank = |s: BlockState| quire_core::state::HAPPY_PATH.iter().position(|h| *h == s).unwrap_or(usize::MAX);
+        let entry = latest.entry(change.block_id.clone()).or_insert((change.at_ms, change.to_state));
+        if rank(change.to_state) >= rank(entry.1) {
+            *entry = (change.at_ms, change.to_state);
+        }
+    }
+    let mut states = BTreeMap::new();
+    for (_, state) in latest.values() {
+        *states.entry(state.to_string()).or_default() += 1;
+    }
+
+    let completed_ids: HashSet<&str> = completions.keys().copied().collect();
+    let missing = expected.iter().filter(|id| !completed_ids.contains(id.as_str()) && !quarantined.contains(*id)).count();
+    Ok(DatasetReport {
+        dataset: dataset.to_owned(),
+        documents: documents.len(),
+        blocks_expected: expected.len(),
+        completed_once: completions.values().filter(|&&n| n == 1).count(),
+        completed_more_than_once: completions.values().filter(|&&n| n > 1).count(),
+        quarantined: quarantined.len(),
+        documents_quarantined,
+        missing,
+        states,
+    })
+}
+
+fn print(report: &DatasetReport, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        report.print_table();
+    }
+    Ok(())
+}
+
+pub async fn status(args: Args) -> anyhow::Result<ExitCode> {
+    let report = dataset_report(&args.kafka, &args.dataset, args.max_block_chars).await?;
+    print(&report, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits up to `wait` for the dataset to have no missing block, then reports.
+pub async fn wait_for_dataset(kafka: &KafkaArgs, dataset: &str, max_block_chars: usize, wait: Duration) -> anyhow::Result<DatasetReport> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let report = dataset_report(kafka, dataset, max_block_chars).await?;
+        if (report.missing == 0 && report.blocks_expected > 0) || Instant::now() >= deadline {
+            return Ok(report);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let r = &args.report;
+    let report = wait_for_dataset(&r.kafka, &r.dataset, r.max_block_chars, Duration::from_secs(args.wait)).await?;
+    print(&report, r.json)?;
+    if report.blocks_expected == 0 {
+        eprintln!("verify: no blocks expected for dataset {:?}: was it published?", r.dataset);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(if report.is_sound() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

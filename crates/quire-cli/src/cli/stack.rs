@@ -1,0 +1,238 @@
+//! `quire stack up|down|status`: the local broker (nisshi) and schema registry
+//! (rivven-schema) on loopback, with their data and logs in one directory.
+//!
+//! The programs are installed once by `scripts/install-tools.sh` into
+//! `$QUIRE_TOOLS_DIR/bin` (default `~/.cache/quire/tools/bin`); `PATH` is the fallback.
+
+use anyhow::{bail, Context};
+use clap::{Subcommand, ValueEnum};
+use quire_kafka::{Codec, KafkaArgs};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Subcommand)]
+pub enum StackCommand {
+    /// Start the broker and the registry and wait until both answer.
+    Up(UpArgs),
+    /// Stop them.
+    Down(DirArgs),
+    /// Say whether they run and answer.
+    Status(DirArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: fast, gone when the broker stops.
+    Memory,
+    /// SQLite (libsql) in the stack directory: survives broker restarts.
+    Sqlite,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DirArgs {
+    /// Directory for the stack's state, data and logs.
+    #[arg(long, env = "QUIRE_STACK_DIR", default_value = ".stack")]
+    pub dir: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    #[arg(long, value_enum, default_value = "memory")]
+    pub storage: Storage,
+    #[arg(long, default_value_t = 9092)]
+    pub broker_port: u16,
+    #[arg(long, default_value_t = 8081)]
+    pub registry_port: u16,
+}
+
+/// What `up` started, kept in `<dir>/stack.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StackState {
+    pub broker_pid: u32,
+    pub registry_pid: u32,
+    pub bootstrap_servers: String,
+    pub schema_registry_url: String,
+    pub storage: Storage,
+}
+
+pub async fn run(command: StackCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StackCommand::Up(args) => {
+            let state = up(&args).await?;
+            println!("broker:   {} (pid {})", state.bootstrap_servers, state.broker_pid);
+            println!("registry: {} (pid {})", state.schema_registry_url, state.registry_pid);
+            Ok(ExitCode::SUCCESS)
+        }
+        StackCommand::Down(args) => {
+            down(&args.dir)?;
+            println!("stack stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        StackCommand::Status(args) => {
+            let Some(state) = read_state(&args.dir)? else {
+                println!("no stack in {}", args.dir.display());
+                return Ok(ExitCode::from(1));
+            };
+            let broker = broker_answers(&state.bootstrap_servers);
+            let registry = Codec::new(&state.schema_registry_url)?.ping().await.is_ok();
+            println!("broker:   {} pid {} {}", state.bootstrap_servers, state.broker_pid, if broker { "up" } else { "DOWN" });
+            println!("registry: {} pid {} {}", state.schema_registry_url, state.registry_pid, if registry { "up" } else { "DOWN" });
+            Ok(if broker && registry { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+/// Where a stack program is: the tools cache first, then `PATH`.
+pub fn find_tool(name: &str) -> anyhow::Result<PathBuf> {
+    let tools = std::env::var_os("QUIRE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/quire/tools")))
+        .unwrap_or_default();
+    let cached = tools.join("bin").join(name);
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    if let Some(paths) = std::env::var_os("PATH") {
+        if let Some(found) = std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()) {
+            return Ok(found);
+        }
+    }
+    bail!("{name} is not installed in {} nor on PATH: run scripts/install-tools.sh", tools.join("bin").display())
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("stack.json")
+}
+
+pub fn read_state(dir: &Path) -> anyhow::Result<Option<StackState>> {
+    match std::fs::read_to_string(state_path(dir)) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).with_context(|| format!("reading {}", state_path(dir).display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn spawn_logged(program: &Path, args: &[String], log: &Path) -> anyhow::Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(child.id())
+}
+
+fn broker_answers(bootstrap: &str) -> bool {
+    let consumer: Result<BaseConsumer, _> = KafkaArgs { bootstrap_servers: bootstrap.to_owned(), ..KafkaArgs::default() }
+        .client_config()
+        .set("socket.timeout.ms", "2000")
+        .create();
+    consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.split_whitespace().nth(2) == Some("Z"))
+}
+
+/// Starts the broker and the registry; returns once both answer.
+pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
+    let dir = &args.dir.dir;
+    if let Some(state) = read_state(dir)? {
+        if alive(state.broker_pid) || alive(state.registry_pid) {
+            bail!("a stack already runs from {} (pids {}, {}): `quire stack down` first", dir.display(), state.broker_pid, state.registry_pid);
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let nisshi = find_tool("nisshi")?;
+    let registry = find_tool("rivven-schema")?;
+    let listener = format!("tcp://127.0.0.1:{}", args.broker_port);
+    let storage = match args.storage {
+        Storage::Memory => "memory://nisshi/".to_owned(),
+        Storage::Sqlite => format!("sqlite://{}", dir.join("nisshi.db").display()),
+    };
+    let broker_args = vec![
+        "broker".into(),
+        "--listener-url".into(),
+        listener.clone(),
+        "--advertised-listener-url".into(),
+        listener,
+        "--storage-engine".into(),
+        storage,
+        "--group-initial-rebalance-delay".into(),
+        "100ms".into(),
+        "--silent".into(),
+    ];
+    let broker_pid = spawn_logged(&nisshi, &broker_args, &dir.join("broker.log"))?;
+    let registry_args =
+        vec!["serve".into(), "--host".into(), "127.0.0.1".into(), "--port".into(), args.registry_port.to_string()];
+    let registry_pid = spawn_logged(&registry, &registry_args, &dir.join("registry.log"))?;
+    let state = StackState {
+        broker_pid,
+        registry_pid,
+        bootstrap_servers: format!("127.0.0.1:{}", args.broker_port),
+        schema_registry_url: format!("http://127.0.0.1:{}", args.registry_port),
+        storage: args.storage,
+    };
+    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let codec = Codec::new(&state.schema_registry_url)?;
+    loop {
+        let broker_up = broker_answers(&state.bootstrap_servers);
+        let registry_up = codec.ping().await.is_ok();
+        if broker_up && registry_up {
+            return Ok(state);
+        }
+        for (pid, name, log) in [(broker_pid, "broker", "broker.log"), (registry_pid, "registry", "registry.log")] {
+            if !alive(pid) {
+                let tail = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+                let _ = down(&dir);
+                bail!("the {name} exited at start-up; its log ({}):\n{}", dir.join(log).display(), tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = down(&dir);
+            bail!("stack did not answer within 60 s (broker up: {broker_up}, registry up: {registry_up}); logs in {}", dir.display());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
+/// Stops a stack's processes: SIGTERM, then SIGKILL after 10 s.
+pub fn down(dir: &Path) -> anyhow::Result<()> {
+    let Some(state) = read_state(dir)? else { return Ok(()) };
+    for pid in [state.broker_pid, state.registry_pid] {
+        stop_process(pid, Duration::from_secs(10));
+    }
+    std::fs::remove_file(state_path(dir))?;
+    Ok(())
+}
+
+/// SIGTERM, wait up to `grace`, then SIGKILL.
+pub fn stop_process(pid: u32, grace: Duration) {
+    if !alive(pid) {
+        return;
+    }
+    signal(pid, "-TERM");
+    let deadline = Instant::now() + grace;
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        signal(pid, "-KILL");
+    }
+}

@@ -1,0 +1,59 @@
+//! `quire`: the command line over Quire's library.
+//!
+//! # Layout
+//! One command per file under `cli/`, each with an `Args` struct and a `run` function:
+//! `stack` (local broker and registry), `topics` (apply topics.yaml), `publish`,
+//! `status`/`verify` (in `report`), `demo` (the whole pipeline on a sample dataset).
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "quire", version, about = "Quire: Kafka-native AI document processing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start, stop or inspect the local broker and schema registry.
+    #[command(subcommand)]
+    Stack(cli::stack::StackCommand),
+    /// Create the topics declared in topics.yaml and report drift.
+    #[command(subcommand)]
+    Topics(cli::topics::TopicsCommand),
+    /// Publish a dataset (a JSONL file or a folder of text files) to the ingest topic.
+    Publish(cli::publish::Args),
+    /// Show how far a dataset has got.
+    Status(cli::report::Args),
+    /// Check a dataset for lost or duplicated blocks (exit code 1 if any).
+    Verify(cli::report::VerifyArgs),
+    /// Stack up, all services, a sample multilingual dataset through the pipeline, a summary.
+    Demo(cli::demo::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    if std::env::var_os("RUST_LOG").is_some() {
+        quire_kafka::telemetry::init_logging();
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Stack(command) => cli::stack::run(command).await,
+        Command::Topics(command) => cli::topics::run(command).await,
+        Command::Publish(args) => cli::publish::run(args).await,
+        Command::Status(args) => cli::report::status(args).await,
+        Command::Verify(args) => cli::report::verify(args).await,
+        Command::Demo(args) => cli::demo::run(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

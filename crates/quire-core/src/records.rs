@@ -1,0 +1,120 @@
+//! The records stages exchange. Each struct mirrors one schema in `schemas/` field for
+//! field (serde names = Avro names); the Kafka layer encodes them in the Confluent wire
+//! format. Timestamps are epoch milliseconds.
+
+use crate::ids;
+use crate::state::BlockState;
+use serde::{Deserialize, Serialize};
+
+/// One document of a dataset as published to the ingest topic (`DatasetSubmission.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetSubmission {
+    pub dataset_id: String,
+    pub document_id: String,
+    /// The submission's idempotency key; resubmitting the same key adds nothing.
+    pub idempotency_key: String,
+    pub document_index: i32,
+    pub document_count: i32,
+    pub text: String,
+    pub source_language: Option<String>,
+    pub target_language: Option<String>,
+    pub task: String,
+    pub request_id: String,
+    pub submitted_at_ms: i64,
+}
+
+/// A unit of work (`Block.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Block {
+    pub block_id: String,
+    pub dataset_id: String,
+    pub document_id: String,
+    pub sequence: i32,
+    pub block_count: i32,
+    pub text: String,
+    pub source_language: Option<String>,
+    pub target_language: Option<String>,
+    pub task: String,
+    pub attempt: i32,
+    /// Checksum of `text`, set by the claimer and re-checked by the validator.
+    pub checksum: String,
+    pub idempotency_key: String,
+    pub state: BlockState,
+    pub request_id: String,
+    pub submitted_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// What an engine said about a block (`InferenceResult.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferenceResult {
+    pub block: Block,
+    pub engine: String,
+    pub label: String,
+    pub confidence: f64,
+    /// Checksum of the output, see [`output_checksum`].
+    pub output_checksum: String,
+    pub latency_ms: i64,
+    pub inferred_at_ms: i64,
+}
+
+/// A block that passed validation (`ValidatedResult.avsc`): the pipeline's product.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidatedResult {
+    pub block_id: String,
+    pub dataset_id: String,
+    pub document_id: String,
+    pub sequence: i32,
+    pub idempotency_key: String,
+    pub text_checksum: String,
+    pub engine: String,
+    pub label: String,
+    pub confidence: f64,
+    pub request_id: String,
+    pub completed_at_ms: i64,
+}
+
+/// One audited state change of a block (`StateChange.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub block_id: String,
+    pub dataset_id: String,
+    pub from_state: BlockState,
+    pub to_state: BlockState,
+    pub stage: String,
+    pub instance_id: String,
+    pub reason: Option<String>,
+    pub request_id: String,
+    pub at_ms: i64,
+}
+
+/// A failure put aside with its reason (`QuarantineRecord.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord {
+    /// The dedup key of the failed record (a block id, or topic/partition/offset).
+    pub key: String,
+    pub dataset_id: Option<String>,
+    pub block_id: Option<String>,
+    pub original_topic: String,
+    pub original_partition: i32,
+    pub original_offset: i64,
+    pub error_class: String,
+    pub exception_fqcn: String,
+    pub reason: String,
+    pub failed_stage: String,
+    pub instance_id: String,
+    pub quarantined_at_ms: i64,
+}
+
+/// The checksum an engine stamps on its output and the validator recomputes.
+pub fn output_checksum(block_checksum: &str, label: &str, confidence: f64) -> String {
+    ids::checksum(&format!("{block_checksum}|{label}|{confidence:.6}"))
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

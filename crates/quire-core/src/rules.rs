@@ -1,0 +1,92 @@
+//! The validator's output rules: each returns the first rule a result breaks, as a data
+//! failure naming what was wrong.
+
+use crate::failure::Failure;
+use crate::ids;
+use crate::records::{output_checksum, InferenceResult};
+
+/// Checks one inference result: the block text still matches its checksum, the output
+/// matches its checksum, the label is present and the confidence is a probability.
+pub fn validate(result: &InferenceResult) -> Result<(), Failure> {
+    let block = &result.block;
+    let text_checksum = ids::checksum(&block.text);
+    if text_checksum != block.checksum {
+        return Err(Failure::data(
+            "checksum-mismatch",
+            format!("block {} text checksum {} does not match recorded {}", block.block_id, text_checksum, block.checksum),
+        ));
+    }
+    let expected = output_checksum(&block.checksum, &result.label, result.confidence);
+    if expected != result.output_checksum {
+        return Err(Failure::data(
+            "output-checksum-mismatch",
+            format!("block {} output checksum {} does not match recomputed {}", block.block_id, result.output_checksum, expected),
+        ));
+    }
+    if result.label.trim().is_empty() {
+        return Err(Failure::data("empty-label", format!("block {} has an empty label", block.block_id)));
+    }
+    if !(0.0..=1.0).contains(&result.confidence) {
+        return Err(Failure::data(
+            "confidence-out-of-range",
+            format!("block {} confidence {} is outside [0, 1]", block.block_id, result.confidence),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::Block;
+    use crate::state::BlockState;
+
+    fn result(text: &str, label: &str, confidence: f64) -> InferenceResult {
+        let checksum = ids::checksum(text);
+        InferenceResult {
+            output_checksum: output_checksum(&checksum, label, confidence),
+            block: Block {
+                block_id: "b1".into(),
+                dataset_id: "d".into(),
+                document_id: "doc".into(),
+                sequence: 0,
+                block_count: 1,
+                text: text.into(),
+                source_language: None,
+                target_language: None,
+                task: "language-id".into(),
+                attempt: 0,
+                checksum,
+                idempotency_key: "k".into(),
+                state: BlockState::Validating,
+                request_id: "r".into(),
+                submitted_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            engine: "e".into(),
+            label: label.into(),
+            confidence,
+            latency_ms: 1,
+            inferred_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_result() {
+        assert_eq!(validate(&result("hello", "en", 0.9)), Ok(()));
+    }
+
+    #[test]
+    fn names_each_broken_rule() {
+        let mut r = result("hello", "en", 0.9);
+        r.block.text = "tampered".into();
+        assert_eq!(validate(&r).unwrap_err().cause, "checksum-mismatch");
+
+        let mut r = result("hello", "en", 0.9);
+        r.label = "fr".into();
+        assert_eq!(validate(&r).unwrap_err().cause, "output-checksum-mismatch");
+
+        assert_eq!(validate(&result("hello", " ", 0.9)).unwrap_err().cause, "empty-label");
+        assert_eq!(validate(&result("hello", "en", 1.5)).unwrap_err().cause, "confidence-out-of-range");
+    }
+}

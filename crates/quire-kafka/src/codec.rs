@@ -1,0 +1,212 @@
+//! Avro records in the Confluent wire format (magic 0, schema id, Avro body), so Kafka
+//! UI, kcat and any Confluent deserializer read Quire's topics as they are.
+//!
+//! Schemas live in `schemas/*.avsc` and are compiled in. Each binary registers them at
+//! start-up under TopicNameStrategy subjects (`<topic>-value`) with BACKWARD
+//! compatibility. The local registry keeps schemas in memory, so ids can change when it
+//! restarts: restart the services after the registry (they re-register and re-resolve).
+
+use crate::{Error, Result};
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::easy_avro::{EasyAvroDecoder, EasyAvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::Duration;
+
+/// The schema files, by record name.
+pub const SCHEMAS: [(&str, &str); 6] = [
+    ("DatasetSubmission", include_str!("../../../schemas/DatasetSubmission.avsc")),
+    ("Block", include_str!("../../../schemas/Block.avsc")),
+    ("InferenceResult", include_str!("../../../schemas/InferenceResult.avsc")),
+    ("ValidatedResult", include_str!("../../../schemas/ValidatedResult.avsc")),
+    ("StateChange", include_str!("../../../schemas/StateChange.avsc")),
+    ("QuarantineRecord", include_str!("../../../schemas/QuarantineRecord.avsc")),
+];
+
+/// The text of the schema named `name`.
+pub fn schema_text(name: &str) -> Result<&'static str> {
+    SCHEMAS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+        .ok_or_else(|| Error::Other(format!("no schema named {name} in schemas/")))
+}
+
+/// The TopicNameStrategy subject of a topic's values.
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}
+
+const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
+
+/// Encodes and decodes records through one schema registry.
+#[derive(Clone)]
+pub struct Codec {
+    url: String,
+    http: reqwest::Client,
+    encoder: EasyAvroEncoder,
+    decoder: EasyAvroDecoder,
+}
+
+impl Codec {
+    pub fn new(url: &str) -> Result<Self> {
+        let url = url.trim_end_matches('/').to_owned();
+        let settings = SrSettings::new_builder(url.clone())
+            .set_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Registry { url: url.clone(), message: e.to_string() })?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Registry { url: url.clone(), message: e.to_string() })?;
+        Ok(Codec {
+            url,
+            http,
+            encoder: EasyAvroEncoder::new(settings.clone()),
+            decoder: EasyAvroDecoder::new(settings),
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn registry_error(&self, message: impl ToString) -> Error {
+        Error::Registry { url: self.url.clone(), message: message.to_string() }
+    }
+
+    async fn call(&self, request: reqwest::RequestBuilder) -> Result<serde_json::Value> {
+        let response = request
+            .header("Content-Type", CONTENT_TYPE)
+            .send()
+            .await
+            .map_err(|e| self.registry_error(e))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(self.registry_error(format!("HTTP {status}: {body}")))
+        }
+    }
+
+    /// Sets BACKWARD compatibility on the topic's value subject and registers `schema`
+    /// there; returns its id. Registering an unchanged schema again returns the same id;
+    /// a schema that breaks compatibility is refused with the registry's reason.
+    pub async fn register(&self, topic: &str, schema: &str) -> Result<u32> {
+        Schema::parse_str(schema).map_err(|e| self.registry_error(format!("schema for {topic} does not parse: {e}")))?;
+        let subject = value_subject(topic);
+        self.call(self.http.put(format!("{}/config/{subject}", self.url)).json(&serde_json::json!({"compatibility": "BACKWARD"})))
+            .await?;
+        let body = self
+            .call(self.http.post(format!("{}/subjects/{subject}/versions", self.url)).json(&serde_json::json!({"schema": schema})))
+            .await?;
+        body["id"].as_u64().map(|id| id as u32).ok_or_else(|| self.registry_error(format!("no id in {body}")))
+    }
+
+    /// Whether `schema` is compatible with the latest version registered for `topic`.
+    pub async fn is_compatible(&self, topic: &str, schema: &str) -> Result<bool> {
+        let subject = value_subject(topic);
+        let request = self
+            .http
+            .post(format!("{}/compatibility/subjects/{subject}/versions/latest", self.url))
+            .json(&serde_json::json!({"schema": schema}))
+            .header("Content-Type", CONTENT_TYPE);
+        let response = request.send().await.map_err(|e| self.registry_error(e))?;
+        let status = response.status();
+        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
+        match body.get("is_compatible").and_then(|v| v.as_bool()) {
+            Some(ok) => Ok(ok),
+            // Some registries answer an incompatible schema with 409 and no body field.
+            None if status.as_u16() == 409 => Ok(false),
+            None => Err(self.registry_error(format!("HTTP {status}: {body}"))),
+        }
+    }
+
+    /// Whether the registry answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.call(self.http.get(format!("{}/subjects", self.url))).await.map(|_| ())
+    }
+
+    /// Encodes `record` for `topic` with the latest schema of `<topic>-value`.
+    pub async fn encode<T: Serialize>(&self, topic: &str, record: &T) -> Result<Vec<u8>> {
+        let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
+        self.encoder
+            .encode_struct(record, &strategy)
+            .await
+            .map_err(|e| Error::Encode { topic: topic.to_owned(), message: e.to_string() })
+    }
+
+    /// Decodes a Confluent wire-format value into `T`.
+    pub async fn decode<T: DeserializeOwned>(&self, bytes: Option<&[u8]>) -> Result<T> {
+        let bytes = bytes.ok_or_else(|| Error::Decode("record has no value".into()))?;
+        if bytes.first() != Some(&0) || bytes.len() < 5 {
+            return Err(Error::Decode("value is not in the Confluent wire format (magic byte 0, schema id)".into()));
+        }
+        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
+            if e.retriable {
+                self.registry_error(e)
+            } else {
+                Error::Decode(e.to_string())
+            }
+        })?;
+        apache_avro::from_value::<T>(&decoded.value).map_err(|e| Error::Decode(e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").field("url", &self.url).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_parses() {
+        for (name, text) in SCHEMAS {
+            let schema = Schema::parse_str(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(schema.canonical_form().contains(&format!("quire.{name}")), "{name}");
+        }
+    }
+
+    #[test]
+    fn inference_result_embeds_the_block_schema_unchanged() {
+        let block = Schema::parse_str(schema_text("Block").unwrap()).unwrap();
+        let result: serde_json::Value = serde_json::from_str(schema_text("InferenceResult").unwrap()).unwrap();
+        let embedded = Schema::parse_str(&result["fields"][0]["type"].to_string()).unwrap();
+        assert_eq!(block.canonical_form(), embedded.canonical_form());
+    }
+
+    #[test]
+    fn domain_records_encode_with_their_schema() {
+        use quire_core::records::*;
+        use quire_core::BlockState;
+        let block = Block {
+            block_id: "b".into(),
+            dataset_id: "d".into(),
+            document_id: "doc".into(),
+            sequence: 0,
+            block_count: 1,
+            text: "hello".into(),
+            source_language: Some("en".into()),
+            target_language: None,
+            task: "language-id".into(),
+            attempt: 0,
+            checksum: "c".into(),
+            idempotency_key: "k".into(),
+            state: BlockState::Queued,
+            request_id: "r".into(),
+            submitted_at_ms: 1,
+            updated_at_ms: 2,
+        };
+        let schema = Schema::parse_str(schema_text("Block").unwrap()).unwrap();
+        let value = apache_avro::to_value(&block).unwrap().resolve(&schema).unwrap();
+        let bytes = apache_avro::to_avro_datum(&schema, value).unwrap();
+        let back = apache_avro::from_avro_datum(&schema, &mut bytes.as_slice(), None).unwrap();
+        assert_eq!(apache_avro::from_value::<Block>(&back).unwrap(), block);
+    }
+}

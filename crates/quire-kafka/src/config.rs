@@ -1,0 +1,182 @@
+//! Settings every Quire binary shares: where the broker and the registry are, how
+//! records are delivered and how often the processing loop commits. Each field is a flag
+//! with an environment variable and a default, so `--help` documents them all.
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How a stage makes its effects exactly-once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Output and input offsets in one Kafka transaction (plus dedup by key).
+    Transactional,
+    /// Idempotent producer, offsets committed after outputs are acknowledged; dedup by key
+    /// turns the resulting at-least-once delivery into exactly-once effects.
+    Idempotent,
+}
+
+impl DeliveryMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryMode::Transactional => "transactional",
+            DeliveryMode::Idempotent => "idempotent",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "QUIRE_BOOTSTRAP_SERVERS", default_value = "127.0.0.1:9092")]
+    pub bootstrap_servers: String,
+
+    /// Confluent-compatible schema registry URL.
+    #[arg(long, env = "QUIRE_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    pub schema_registry_url: String,
+
+    /// transactional: one Kafka transaction per batch; idempotent: no transactions.
+    #[arg(long, env = "QUIRE_DELIVERY_MODE", value_enum, default_value = "transactional")]
+    pub delivery_mode: DeliveryMode,
+
+    /// Stable id of this instance; the transactional id is `quire-<stage>-<instance id>`,
+    /// so a restarted instance fences its predecessor.
+    #[arg(long, env = "QUIRE_INSTANCE_ID", default_value = "0")]
+    pub instance_id: String,
+
+    /// Prefix of every topic and consumer group name (tests use a random one).
+    #[arg(long, env = "QUIRE_TOPIC_PREFIX", default_value = "quire")]
+    pub topic_prefix: String,
+
+    /// Commit the open batch after this many milliseconds.
+    #[arg(long, env = "QUIRE_COMMIT_INTERVAL_MS", default_value_t = 200)]
+    pub commit_interval_ms: u64,
+
+    /// Commit the open batch after this many input records.
+    #[arg(long, env = "QUIRE_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
+
+    /// Transaction timeout; must exceed the producer's message timeout.
+    #[arg(long, env = "QUIRE_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
+    pub transaction_timeout_ms: u64,
+
+    /// Address of the Prometheus endpoint (empty: none).
+    #[arg(long, env = "QUIRE_METRICS_ADDR", default_value = "")]
+    pub metrics_addr: String,
+}
+
+impl KafkaArgs {
+    pub fn commit_interval(&self) -> Duration {
+        Duration::from_millis(self.commit_interval_ms)
+    }
+
+    /// Producer message timeout, kept below the transaction timeout as librdkafka requires.
+    pub fn message_timeout_ms(&self) -> u64 {
+        (self.transaction_timeout_ms / 2).max(1_000)
+    }
+
+    /// Checks rules that involve more than one field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch == 0 {
+            return Err("max_batch must be at least 1".into());
+        }
+        if self.transaction_timeout_ms < 2_000 {
+            return Err(format!("transaction_timeout_ms {} is below 2000", self.transaction_timeout_ms));
+        }
+        if self.commit_interval_ms >= self.transaction_timeout_ms {
+            return Err(format!(
+                "commit_interval_ms {} must be below transaction_timeout_ms {}",
+                self.commit_interval_ms, self.transaction_timeout_ms
+            ));
+        }
+        if self.instance_id.is_empty() || self.topic_prefix.is_empty() {
+            return Err("instance_id and topic_prefix must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// librdkafka settings common to all clients.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        config.set("broker.address.family", "v4");
+        config
+    }
+}
+
+impl Default for KafkaArgs {
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: KafkaArgs,
+        }
+        Wrapper::parse_from(["quire"]).args
+    }
+}
+
+/// The topic names of one deployment, all under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicNames {
+    pub prefix: String,
+}
+
+impl TopicNames {
+    pub fn new(prefix: &str) -> Self {
+        TopicNames { prefix: prefix.to_owned() }
+    }
+    /// The full name of a topic declared in `topics.yaml` as `quire.<suffix>`.
+    pub fn topic(&self, suffix: &str) -> String {
+        format!("{}.{}", self.prefix, suffix)
+    }
+    pub fn ingest(&self) -> String {
+        self.topic("ingest")
+    }
+    pub fn queued(&self) -> String {
+        self.topic("blocks.queued")
+    }
+    pub fn results(&self) -> String {
+        self.topic("inference.results")
+    }
+    pub fn completed(&self) -> String {
+        self.topic("blocks.completed")
+    }
+    pub fn events(&self) -> String {
+        self.topic("block-events")
+    }
+    pub fn quarantine(&self) -> String {
+        self.topic("quarantine")
+    }
+    /// The dead-letter topic of `topic` (Spring ≥ 3.3 naming).
+    pub fn dead_letter(topic: &str) -> String {
+        format!("{topic}-dlt")
+    }
+    /// The consumer group of a stage.
+    pub fn group(&self, stage: &str) -> String {
+        format!("{}-{}", self.prefix, stage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_cross_field_rules_hold() {
+        let mut args = KafkaArgs::default();
+        assert_eq!(args.validate(), Ok(()));
+        assert!(args.message_timeout_ms() < args.transaction_timeout_ms);
+        args.commit_interval_ms = args.transaction_timeout_ms;
+        assert!(args.validate().unwrap_err().contains("commit_interval_ms"));
+    }
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let names = TopicNames::new("t1");
+        assert_eq!(names.queued(), "t1.blocks.queued");
+        assert_eq!(TopicNames::dead_letter(&names.queued()), "t1.blocks.queued-dlt");
+        assert_eq!(names.group("claimer"), "t1-claimer");
+    }
+}

@@ -1,0 +1,70 @@
+//! The keys a stage has already written, rebuilt from the stage's own output.
+//!
+//! Every effect a stage writes carries its dedup key (a block id, or topic/partition/
+//! offset for a record that could not be read) as the Kafka key of a record on one of
+//! the stage's output topics. Reading those topics back the way downstream consumers
+//! read them (`read_committed`) therefore tells exactly which effects downstream can
+//! see: on a broker that leaks records of aborted transactions, a leaked write counts as
+//! done and is not written again; on a broker that hides them, it is redone. The index
+//! is caught up at start, on every partition assignment and after every abort.
+
+use crate::reader::TopicReader;
+use crate::{config::KafkaArgs, Result};
+use rdkafka::Message;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// The dedup keys present on a set of topics.
+pub struct DedupIndex {
+    args: KafkaArgs,
+    topics: Vec<String>,
+    seen: HashSet<String>,
+    next_offsets: HashMap<(String, i32), i64>,
+}
+
+impl DedupIndex {
+    pub fn new(args: &KafkaArgs, topics: Vec<String>) -> Self {
+        DedupIndex { args: args.clone(), topics, seen: HashSet::new(), next_offsets: HashMap::new() }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.seen.contains(key)
+    }
+
+    /// Records a key this process wrote and saw committed.
+    pub fn insert(&mut self, key: String) {
+        self.seen.insert(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Reads every record written to the topics since the last catch-up, up to the end
+    /// of each partition as a `read_committed` consumer sees it. A fresh reader each
+    /// time, so no end-of-partition event from before the new writes can be mistaken
+    /// for the end. Returns how many records were read.
+    pub fn catch_up(&mut self, timeout: Duration) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let reader = TopicReader::new(&self.args)?;
+        let mut read = 0;
+        for topic in &self.topics {
+            let next_offsets = &mut self.next_offsets;
+            let seen = &mut self.seen;
+            let start = |partition| next_offsets.get(&(topic.clone(), partition)).copied();
+            let starts: HashMap<i32, Option<i64>> =
+                (0..reader.partitions(topic)?).map(|p| (p, start(p))).collect();
+            read += reader.read_to_end(topic, |p| starts.get(&p).copied().flatten(), deadline.saturating_duration_since(Instant::now()), |message| {
+                if let Some(key) = message.key() {
+                    seen.insert(String::from_utf8_lossy(key).into_owned());
+                }
+                next_offsets.insert((topic.clone(), message.partition()), message.offset() + 1);
+            })?;
+        }
+        Ok(read)
+    }
+}

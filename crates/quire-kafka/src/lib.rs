@@ -1,0 +1,49 @@
+//! Quire's Kafka layer: everything that touches rdkafka or the schema registry.
+//!
+//! # Layout
+//! - [`config`]: connection and delivery settings shared by every binary.
+//! - [`codec`]: Avro in the Confluent wire format, and schema registration.
+//! - [`topics`]: `topics.yaml` and the idempotent `topics apply`.
+//! - [`headers`]: the record headers Quire writes (idempotency key, Spring DLT headers).
+//! - [`dedup`]: the set of keys a stage already wrote, rebuilt from its own output.
+//! - [`reader`]: reads whole topics to their end (dedup rebuild, verify, status).
+//! - [`processor`]: the one consume → process → produce loop every stage runs in.
+//! - [`stages`]: the four pipeline stages (claimer, inference, validator, quarantine).
+//! - [`service`]: what every stage binary does around its stage (signals, start-up).
+//! - [`telemetry`]: JSON logs and the Prometheus endpoint.
+
+pub mod codec;
+pub mod config;
+pub mod dedup;
+pub mod headers;
+pub mod processor;
+pub mod reader;
+pub mod service;
+pub mod stages;
+pub mod telemetry;
+pub mod topics;
+
+pub use codec::Codec;
+pub use config::{DeliveryMode, KafkaArgs};
+pub use processor::{Effect, Input, OutputRecord, Stage, StageContext};
+
+/// Errors of the Kafka layer, named by what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("schema registry at {url}: {message}")]
+    Registry { url: String, message: String },
+    #[error("record on {topic} could not be encoded: {message}")]
+    Encode { topic: String, message: String },
+    #[error("record could not be decoded: {0}")]
+    Decode(String),
+    #[error("topics file {path}: {message}")]
+    Topics { path: String, message: String },
+    #[error("this instance was fenced by a newer one with the same transactional id: {0}")]
+    Fenced(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

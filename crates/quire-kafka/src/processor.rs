@@ -1,0 +1,600 @@
+//! The one processing loop every stage runs in: consume → process → produce → send
+//! offsets → commit.
+//!
+//! A stage only turns an input record into [`Effect`]s; this loop owns the clients.
+//! Batches follow Kafka Streams' shape: the transaction begins lazily on the first
+//! output and commits every `max_batch` records or `commit_interval`, with the offsets
+//! (last processed + 1) sent inside it. An abortable error aborts, rewinds the consumer
+//! to the batch start and catches the dedup index up; a fenced producer ends the loop
+//! with [`Error::Fenced`] so the process exits and restarts. On revocation the open
+//! batch is committed (or aborted if that fails) before the partitions go; each input
+//! record's effects are produced whole before the next record is read, so a commit never
+//! covers half a record.
+//!
+//! Every effect is also deduplicated by its key against [`DedupIndex`], so effects stay
+//! exactly-once on brokers that leak aborted writes and in `idempotent` mode, where no
+//! transactions are used and a crash replays the records after the last commit.
+//!
+//! librdkafka's transactional calls block, so the loop runs on its own thread and enters
+//! the async runtime only to call [`Stage::process`].
+
+use crate::config::{DeliveryMode, KafkaArgs, TopicNames};
+use crate::dedup::DedupIndex;
+use crate::headers::{self, DltOrigin, Headers};
+use crate::telemetry::events;
+use crate::{Codec, Error, Result};
+use quire_core::Failure;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Offset, Timestamp, TopicPartitionList};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// One consumed record, owned.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Headers,
+    pub timestamp_ms: i64,
+    pub timestamp_type: &'static str,
+}
+
+impl Input {
+    fn from_message<M: Message>(message: &M) -> Self {
+        let (timestamp_ms, timestamp_type) = match message.timestamp() {
+            Timestamp::CreateTime(t) => (t, "CreateTime"),
+            Timestamp::LogAppendTime(t) => (t, "LogAppendTime"),
+            Timestamp::NotAvailable => (0, "CreateTime"),
+        };
+        let headers = message
+            .headers()
+            .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
+            .unwrap_or_default();
+        Input {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+            timestamp_ms,
+            timestamp_type,
+        }
+    }
+
+    /// `topic/partition/offset`: the dedup key of a record that could not be read.
+    pub fn position_key(&self) -> String {
+        format!("{}/{}/{}", self.topic, self.partition, self.offset)
+    }
+
+    pub fn key_str(&self) -> Option<String> {
+        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputRecord {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Headers,
+}
+
+/// The records one input causes under one dedup key. At least one of them must be on
+/// one of the stage's output topics with the dedup key as its Kafka key, so that the
+/// dedup index finds it again after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    pub dedup_key: String,
+    pub records: Vec<OutputRecord>,
+}
+
+/// Why a stage could not process a record now. Bad records are not errors: a stage
+/// turns them into dead-letter effects.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Infrastructure failed (registry down, ...): abort, rewind and try again later.
+    #[error("retry later: {0}")]
+    Retry(String),
+}
+
+/// What a stage knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    pub stage: &'static str,
+    pub group: String,
+    pub instance_id: String,
+    pub names: TopicNames,
+    pub codec: Codec,
+}
+
+impl StageContext {
+    pub fn new(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+        let names = TopicNames::new(&args.topic_prefix);
+        Ok(StageContext {
+            stage,
+            group: names.group(stage),
+            instance_id: args.instance_id.clone(),
+            names,
+            codec: Codec::new(&args.schema_registry_url)?,
+        })
+    }
+
+    /// The dead-letter record for `input`, which failed with `failure`: the original
+    /// value unchanged, Spring's DLT headers, keyed by `dedup_key`.
+    pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> OutputRecord {
+        let origin = DltOrigin {
+            topic: input.topic.clone(),
+            partition: input.partition,
+            offset: input.offset,
+            timestamp_ms: input.timestamp_ms,
+            timestamp_type: input.timestamp_type,
+            consumer_group: self.group.clone(),
+        };
+        let mut headers = headers::dead_letter_headers(&origin, failure);
+        headers.push((headers::IDEMPOTENCY_KEY.into(), dedup_key.as_bytes().to_vec()));
+        events::dead_lettered(self.stage, &self.instance_id, dedup_key, failure);
+        OutputRecord {
+            topic: TopicNames::dead_letter(&input.topic),
+            key: dedup_key.to_owned(),
+            payload: input.payload.clone().unwrap_or_default(),
+            headers,
+        }
+    }
+}
+
+/// A pipeline stage: turns one input record into effects.
+#[allow(async_fn_in_trait)]
+pub trait Stage: Send + 'static {
+    fn context(&self) -> &StageContext;
+    fn input_topics(&self) -> Vec<String>;
+    /// Topics whose keys are this stage's dedup keys (its outputs and dead letters).
+    fn output_topics(&self) -> Vec<String>;
+    /// Called once before the first record, e.g. to register schemas.
+    async fn on_start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    async fn process(&mut self, input: &Input) -> std::result::Result<Vec<Effect>, StageError>;
+}
+
+/// Counts deliveries the broker refused, for the idempotent mode's commit decision.
+#[derive(Default)]
+struct DeliveryContext {
+    failures: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, message)) = result {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            tracing::warn!(topic = message.topic(), %error, "delivery failed");
+        }
+    }
+}
+
+/// The records read since the last commit.
+#[derive(Default)]
+struct Batch {
+    txn_open: bool,
+    inputs: usize,
+    started: Option<Instant>,
+    /// Next offset to read, per partition: what the commit sends.
+    next_offsets: HashMap<(String, i32), i64>,
+    /// First offset of the batch, per partition: where an abort rewinds to.
+    rewind_to: HashMap<(String, i32), i64>,
+    pending_keys: HashSet<String>,
+    delivery_failures_at_start: u64,
+}
+
+impl Batch {
+    fn note_input(&mut self, input: &Input) {
+        let tp = (input.topic.clone(), input.partition);
+        self.rewind_to.entry(tp.clone()).or_insert(input.offset);
+        self.next_offsets.insert(tp, input.offset + 1);
+        self.inputs += 1;
+        self.started.get_or_insert_with(Instant::now);
+    }
+}
+
+/// What a commit attempt ended in.
+enum CommitOutcome {
+    /// Nothing was open.
+    Empty,
+    Committed,
+    /// The batch was aborted; rewind to these offsets and catch the dedup index up.
+    Aborted(HashMap<(String, i32), i64>),
+}
+
+/// Everything the loop and the rebalance callbacks share (they run on one thread).
+struct Core {
+    stage: &'static str,
+    instance_id: String,
+    mode: DeliveryMode,
+    producer: ThreadedProducer<DeliveryContext>,
+    batch: Batch,
+    dedup: DedupIndex,
+    needs_catch_up: bool,
+    fatal: Option<Error>,
+    txn_timeout: Duration,
+}
+
+const FENCED_CODES: [RDKafkaErrorCode; 3] =
+    [RDKafkaErrorCode::ProducerFenced, RDKafkaErrorCode::InvalidProducerEpoch, RDKafkaErrorCode::Fenced];
+
+/// How a transactional call failed, decided by flags and by code: the local broker
+/// flags a fenced producer as abortable, so the code must be checked too.
+enum TxnFailure {
+    Fenced(String),
+    Retriable,
+    Abortable(String),
+}
+
+fn classify(error: &KafkaError) -> TxnFailure {
+    let code = error.rdkafka_error_code();
+    if code.is_some_and(|c| FENCED_CODES.contains(&c)) {
+        return TxnFailure::Fenced(error.to_string());
+    }
+    match error {
+        KafkaError::Transaction(e) if e.is_fatal() => TxnFailure::Fenced(error.to_string()),
+        KafkaError::Transaction(e) if e.is_retriable() => TxnFailure::Retriable,
+        _ => TxnFailure::Abortable(error.to_string()),
+    }
+}
+
+impl Core {
+    fn timeout(&self) -> Duration {
+        self.txn_timeout
+    }
+
+    fn begin_if_needed(&mut self) -> Result<()> {
+        if self.mode == DeliveryMode::Transactional && !self.batch.txn_open {
+            self.producer.begin_transaction().map_err(|e| match classify(&e) {
+                TxnFailure::Fenced(m) => Error::Fenced(m),
+                _ => Error::Kafka(e),
+            })?;
+            self.batch.txn_open = true;
+        }
+        Ok(())
+    }
+
+    fn produce(&mut self, record: &OutputRecord) -> Result<()> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header { key: name, value: Some(value) });
+        }
+        let mut base = BaseRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(headers);
+        loop {
+            match self.producer.send(base) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    base = returned;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(Error::Kafka(e)),
+            }
+        }
+    }
+
+    /// Writes the effects not already done; returns how many were skipped as duplicates.
+    fn apply(&mut self, effects: Vec<Effect>) -> Result<usize> {
+        let mut duplicates = 0;
+        for effect in effects {
+            if self.dedup.contains(&effect.dedup_key) || self.batch.pending_keys.contains(&effect.dedup_key) {
+                events::duplicate_skipped(self.stage, &self.instance_id, &effect.dedup_key);
+                duplicates += 1;
+                continue;
+            }
+            self.begin_if_needed()?;
+            for record in &effect.records {
+                self.produce(record)?;
+            }
+            self.batch.pending_keys.insert(effect.dedup_key);
+        }
+        Ok(duplicates)
+    }
+
+    fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<CommitOutcome> {
+        if self.batch.inputs == 0 && !self.batch.txn_open {
+            return Ok(CommitOutcome::Empty);
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.batch.next_offsets {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        let result = match self.mode {
+            DeliveryMode::Transactional => self.commit_transaction(consumer, &offsets),
+            DeliveryMode::Idempotent => self.commit_idempotent(consumer, &offsets),
+        };
+        match result {
+            Ok(()) => {
+                let batch = std::mem::take(&mut self.batch);
+                events::batch_committed(self.stage, batch.inputs, batch.pending_keys.len());
+                for key in batch.pending_keys {
+                    self.dedup.insert(key);
+                }
+                self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
+                Ok(CommitOutcome::Committed)
+            }
+            Err(TxnFailure::Fenced(message)) => Err(Error::Fenced(message)),
+            Err(TxnFailure::Retriable) => unreachable!("retriable failures are retried in place"),
+            Err(TxnFailure::Abortable(reason)) => Ok(self.abort(&reason)),
+        }
+    }
+
+    fn commit_transaction<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+    ) -> std::result::Result<(), TxnFailure> {
+        if !self.batch.txn_open {
+            self.producer.begin_transaction().map_err(|e| classify(&e))?;
+            self.batch.txn_open = true;
+        }
+        let metadata = consumer
+            .group_metadata()
+            .ok_or_else(|| TxnFailure::Abortable("consumer has no group metadata".into()))?;
+        self.retry(|p, t| p.send_offsets_to_transaction(offsets, &metadata, t))?;
+        self.retry(|p, t| p.commit_transaction(t))?;
+        self.batch.txn_open = false;
+        Ok(())
+    }
+
+    /// Runs a transactional call, retrying it while librdkafka says it is retriable.
+    fn retry(
+        &self,
+        call: impl Fn(&ThreadedProducer<DeliveryContext>, Duration) -> rdkafka::error::KafkaResult<()>,
+    ) -> std::result::Result<(), TxnFailure> {
+        let mut attempts = 0;
+        loop {
+            match call(&self.producer, self.timeout()) {
+                Ok(()) => return Ok(()),
+                Err(e) => match classify(&e) {
+                    TxnFailure::Retriable if attempts < 5 => {
+                        attempts += 1;
+                        std::thread::sleep(Duration::from_millis(100 << attempts));
+                    }
+                    TxnFailure::Retriable => return Err(TxnFailure::Abortable(e.to_string())),
+                    other => return Err(other),
+                },
+            }
+        }
+    }
+
+    fn commit_idempotent<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        offsets: &TopicPartitionList,
+    ) -> std::result::Result<(), TxnFailure> {
+        self.producer.flush(self.timeout()).map_err(|e| TxnFailure::Abortable(format!("flush: {e}")))?;
+        let failures = self.producer.context().failures.load(Ordering::SeqCst);
+        if failures > self.batch.delivery_failures_at_start {
+            return Err(TxnFailure::Abortable(format!(
+                "{} record(s) were not delivered",
+                failures - self.batch.delivery_failures_at_start
+            )));
+        }
+        consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
+    }
+
+    /// Abandons the batch: aborts its transaction, if any, and says where to rewind.
+    fn abort(&mut self, reason: &str) -> CommitOutcome {
+        if self.batch.txn_open {
+            if let Err(e) = self.producer.abort_transaction(self.timeout()) {
+                if let TxnFailure::Fenced(m) = classify(&e) {
+                    self.fatal = Some(Error::Fenced(m));
+                }
+                tracing::error!(stage = self.stage, error = %e, "abort_transaction failed");
+            }
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
+        events::batch_aborted(self.stage, batch.inputs, reason);
+        // Some of the batch's writes may be visible anyway (leaked by the broker, or
+        // delivered before the failure in idempotent mode): re-read them before going on.
+        self.needs_catch_up = true;
+        CommitOutcome::Aborted(batch.rewind_to)
+    }
+}
+
+/// The consumer's context: gives the rebalance callbacks the loop's state.
+struct LoopContext {
+    core: Arc<Mutex<Core>>,
+}
+
+impl ClientContext for LoopContext {}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut core = self.core.lock().expect("loop state lock");
+        match rebalance {
+            Rebalance::Revoke(_) => match core.commit(consumer) {
+                Ok(_) => {}
+                Err(e) => core.fatal = Some(e),
+            },
+            Rebalance::Error(reason) => {
+                core.abort(&format!("rebalance error: {reason}"));
+            }
+            Rebalance::Assign(_) => {}
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(partitions = partitions.count(), "partitions assigned");
+            self.core.lock().expect("loop state lock").needs_catch_up = true;
+        }
+    }
+}
+
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `stage` until `shutdown` is cancelled (then commits the open batch and returns
+/// `Ok`) or a fatal error (returned: the process should exit).
+pub async fn run<S: Stage>(mut stage: S, args: KafkaArgs, shutdown: CancellationToken) -> Result<()> {
+    args.validate().map_err(Error::Other)?;
+    stage.on_start().await?;
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || run_blocking(stage, args, shutdown, runtime))
+        .await
+        .map_err(|e| Error::Other(format!("processing thread panicked: {e}")))?
+}
+
+fn run_blocking<S: Stage>(
+    mut stage: S,
+    args: KafkaArgs,
+    shutdown: CancellationToken,
+    runtime: tokio::runtime::Handle,
+) -> Result<()> {
+    let context = stage.context().clone();
+    let stage_name = context.stage;
+    let transactional_id = format!("{}-{}-{}", args.topic_prefix, stage_name, args.instance_id);
+    let mut producer_config = args.client_config();
+    producer_config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", args.message_timeout_ms().to_string());
+    if args.delivery_mode == DeliveryMode::Transactional {
+        producer_config
+            .set("transactional.id", &transactional_id)
+            .set("transaction.timeout.ms", args.transaction_timeout_ms.to_string());
+    }
+    let producer: ThreadedProducer<DeliveryContext> = producer_config.create_with_context(DeliveryContext::default())?;
+    let txn_timeout = Duration::from_millis(args.transaction_timeout_ms);
+    if args.delivery_mode == DeliveryMode::Transactional {
+        producer.init_transactions(txn_timeout).map_err(|e| match classify(&e) {
+            TxnFailure::Fenced(m) => Error::Fenced(m),
+            _ => Error::Kafka(e),
+        })?;
+    }
+    let mut dedup = DedupIndex::new(&args, stage.output_topics());
+    let read = dedup.catch_up(CATCH_UP_TIMEOUT)?;
+    tracing::info!(stage = stage_name, keys = dedup.len(), records = read, "dedup index built from output topics");
+
+    let core = Arc::new(Mutex::new(Core {
+        stage: stage_name,
+        instance_id: args.instance_id.clone(),
+        mode: args.delivery_mode,
+        producer,
+        batch: Batch::default(),
+        dedup,
+        needs_catch_up: false,
+        fatal: None,
+        txn_timeout,
+    }));
+    let consumer: BaseConsumer<LoopContext> = args
+        .client_config()
+        .set("group.id", &context.group)
+        .set("client.id", format!("{transactional_id}-consumer"))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .create_with_context(LoopContext { core: core.clone() })?;
+    let inputs = stage.input_topics();
+    consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
+    tracing::info!(
+        stage = stage_name,
+        instance_id = %args.instance_id,
+        group = %context.group,
+        transactional_id,
+        mode = args.delivery_mode.as_str(),
+        ?inputs,
+        "stage started"
+    );
+
+    let mut backoff = Duration::from_millis(100);
+    let result = loop {
+        if shutdown.is_cancelled() {
+            let mut core = core.lock().expect("loop state lock");
+            break match core.commit(&consumer) {
+                Ok(CommitOutcome::Aborted(_)) => Err(Error::Other("final commit at shutdown was aborted".into())),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        let message = consumer.poll(Duration::from_millis(100));
+        let mut core = core.lock().expect("loop state lock");
+        if let Some(fatal) = core.fatal.take() {
+            break Err(fatal);
+        }
+        if core.needs_catch_up {
+            match core.dedup.catch_up(CATCH_UP_TIMEOUT) {
+                Ok(read) => {
+                    core.needs_catch_up = false;
+                    tracing::debug!(stage = stage_name, records = read, "dedup index caught up");
+                }
+                Err(e) => break Err(e),
+            }
+        }
+        let input = match message {
+            None => None,
+            Some(Ok(message)) => Some(Input::from_message(&message)),
+            Some(Err(e)) => {
+                tracing::warn!(stage = stage_name, error = %e, "consumer error");
+                None
+            }
+        };
+        let mut rewind = None;
+        if let Some(input) = input {
+            let processed = runtime.block_on(stage.process(&input));
+            core.batch.note_input(&input);
+            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(effects).map_err(|e| e.to_string()));
+            match applied {
+                Ok(duplicates) => {
+                    events::record_processed(stage_name, duplicates);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(reason) => {
+                    if let Some(fatal) = core.fatal.take() {
+                        break Err(fatal);
+                    }
+                    tracing::warn!(stage = stage_name, reason, backoff_ms = backoff.as_millis() as u64, "record failed; retrying batch");
+                    if let CommitOutcome::Aborted(to) = core.abort(&reason) {
+                        rewind = Some(to);
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let due = core.batch.inputs >= args.max_batch
+            || core.batch.started.is_some_and(|s| s.elapsed() >= args.commit_interval());
+        if rewind.is_none() && due {
+            match core.commit(&consumer) {
+                Ok(CommitOutcome::Aborted(to)) => rewind = Some(to),
+                Ok(_) => {}
+                Err(e) => break Err(e),
+            }
+        }
+        drop(core);
+        if let Some(to) = rewind {
+            for ((topic, partition), offset) in to {
+                if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+                    tracing::warn!(topic, partition, offset, error = %e, "rewind failed; leaving the partition to rebalance");
+                }
+            }
+        }
+    };
+    consumer.unsubscribe();
+    match &result {
+        Ok(()) => tracing::info!(stage = stage_name, "stage stopped cleanly"),
+        Err(e) => tracing::error!(stage = stage_name, error = %e, "stage stopped"),
+    }
+    result
+}

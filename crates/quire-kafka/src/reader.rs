@@ -1,0 +1,86 @@
+//! Reads whole topics to their end, the way a `read_committed` downstream consumer sees
+//! them. Used to rebuild dedup state and by `quire verify` / `quire status`.
+
+use crate::{config::KafkaArgs, Error, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// A group-less consumer that assigns itself whole topics.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+}
+
+impl TopicReader {
+    pub fn new(args: &KafkaArgs) -> Result<Self> {
+        let consumer = args
+            .client_config()
+            .set("group.id", format!("quire-reader-{:016x}", rand::random::<u64>()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        Ok(TopicReader { consumer })
+    }
+
+    /// Number of partitions of `topic`; an error names a topic that does not exist.
+    pub fn partitions(&self, topic: &str) -> Result<i32> {
+        let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic && t.error().is_none())
+            .map(|t| t.partitions().len() as i32)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| Error::Other(format!("topic {topic} does not exist: run `quire topics apply`")))
+    }
+
+    /// Reads `topic` from `start(partition)` (None: the beginning) to the end of every
+    /// partition, calling `on_record` for each record. Returns how many were read.
+    pub fn read_to_end(
+        &self,
+        topic: &str,
+        start: impl Fn(i32) -> Option<i64>,
+        timeout: Duration,
+        mut on_record: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<usize> {
+        let deadline = Instant::now() + timeout;
+        let partitions = self.partitions(topic)?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            let offset = start(partition).map(Offset::Offset).unwrap_or(Offset::Beginning);
+            assignment.add_partition_offset(topic, partition, offset)?;
+        }
+        self.consumer.assign(&assignment)?;
+        // One topic at a time: an end-of-partition event names the partition only.
+        let mut pending: HashSet<i32> = (0..partitions).collect();
+        let mut read = 0;
+        while !pending.is_empty() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let _ = self.consumer.unassign();
+                return Err(Error::Other(format!("reading {topic}: partitions {pending:?} did not reach their end in {timeout:?}")));
+            }
+            match self.consumer.poll(remaining.min(Duration::from_millis(200))) {
+                None => {}
+                Some(Ok(message)) => {
+                    on_record(&message);
+                    read += 1;
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    pending.remove(&partition);
+                }
+                Some(Err(e)) => {
+                    let _ = self.consumer.unassign();
+                    return Err(e.into());
+                }
+            }
+        }
+        self.consumer.unassign()?;
+        Ok(read)
+    }
+}

@@ -1,0 +1,44 @@
+//! What every stage binary does around its stage: logging, metrics, schema
+//! registration, and a shutdown token cancelled by SIGTERM or Ctrl-C.
+
+use crate::processor::{self, Stage};
+use crate::topics::{register_schemas, TopicsFile};
+use crate::{telemetry, KafkaArgs};
+use tokio_util::sync::CancellationToken;
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: finishing the open batch"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: finishing the open batch"),
+        }
+        cancel.cancel();
+    });
+    token
+}
+
+/// Registers every topic's value schema under `args.topic_prefix`.
+pub async fn register_all_schemas(args: &KafkaArgs) -> anyhow::Result<()> {
+    let file = TopicsFile::load(None)?;
+    // Schemas do not depend on the profile; any profile names the same topics.
+    let profile = file.profiles.keys().next().cloned().unwrap_or_default();
+    let topics = file.desired(&profile, &args.topic_prefix)?;
+    let codec = crate::Codec::new(&args.schema_registry_url)?;
+    let ids = register_schemas(&codec, &topics).await?;
+    tracing::info!(schemas = ids.len(), registry = codec.url(), "schemas registered");
+    Ok(())
+}
+
+/// Runs one stage as a service until SIGTERM; an error means the process should exit
+/// non-zero (and be restarted).
+pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()> {
+    telemetry::init_metrics(&args.metrics_addr)?;
+    register_all_schemas(&args).await?;
+    let shutdown = shutdown_on_signals();
+    processor::run(stage, args, shutdown).await?;
+    Ok(())
+}

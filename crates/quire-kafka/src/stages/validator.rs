@@ -1,0 +1,70 @@
+//! The validator: re-checks each result against the output rules; valid results
+//! complete their block, invalid ones are dead-lettered with the broken rule named.
+
+use super::{block_headers, decode_failure, BlockRef};
+use crate::processor::{Effect, Input, Stage, StageContext, StageError};
+use quire_core::records::{now_ms, InferenceResult, ValidatedResult};
+use quire_core::{rules, BlockState};
+
+pub struct Validator {
+    context: StageContext,
+}
+
+impl Validator {
+    pub fn new(context: StageContext) -> Self {
+        Validator { context }
+    }
+}
+
+impl Stage for Validator {
+    fn context(&self) -> &StageContext {
+        &self.context
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![self.context.names.results()]
+    }
+
+    fn output_topics(&self) -> Vec<String> {
+        let results = self.context.names.results();
+        vec![self.context.names.completed(), crate::config::TopicNames::dead_letter(&results)]
+    }
+
+    async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
+        let ctx = &self.context;
+        let result: InferenceResult = match ctx.codec.decode(input.payload.as_deref()).await {
+            Ok(result) => result,
+            Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
+        };
+        let block = &result.block;
+        let block_ref = BlockRef {
+            block_id: &block.block_id,
+            dataset_id: &block.dataset_id,
+            request_id: &block.request_id,
+            idempotency_key: &block.idempotency_key,
+        };
+        if let Err(failure) = rules::validate(&result) {
+            return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]);
+        }
+        let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Completed], None).await? {
+            Ok(records) => records,
+            Err(failure) => return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]),
+        };
+        let validated = ValidatedResult {
+            block_id: block.block_id.clone(),
+            dataset_id: block.dataset_id.clone(),
+            document_id: block.document_id.clone(),
+            sequence: block.sequence,
+            idempotency_key: block.idempotency_key.clone(),
+            text_checksum: block.checksum.clone(),
+            engine: result.engine.clone(),
+            label: result.label.clone(),
+            confidence: result.confidence,
+            request_id: block.request_id.clone(),
+            completed_at_ms: now_ms(),
+        };
+        let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
+        records.push(ctx.encode(&ctx.names.completed(), &block.block_id, &validated, headers).await?);
+        Ok(vec![Effect { dedup_key: block.block_id.clone(), records }])
+    }
+}

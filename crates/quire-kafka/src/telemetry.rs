@@ -1,0 +1,87 @@
+//! Logs and metrics. Logs are JSON lines on stderr (fields: stage, instance_id, block and
+//! dataset ids, request_id where known); metrics are served for Prometheus.
+//!
+//! [`events`] is the one place that defines what a stage reports: each function writes
+//! one structured log line and bumps its metric, so the two never disagree.
+
+use std::net::SocketAddr;
+use tracing_subscriber::EnvFilter;
+
+/// Installs the JSON log subscriber (level from `RUST_LOG`, default `info`).
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(false)
+        .flatten_event(true)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Serves `/metrics` on `addr` (an empty address serves nothing).
+pub fn init_metrics(addr: &str) -> anyhow::Result<()> {
+    if addr.is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("metrics address {addr:?}: {e}"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
+    Ok(())
+}
+
+/// Metric names, in one place.
+pub mod names {
+    pub const RECORDS: &str = "quire_stage_records_total";
+    pub const DUPLICATES: &str = "quire_stage_duplicates_skipped_total";
+    pub const DEAD_LETTERED: &str = "quire_stage_dead_lettered_total";
+    pub const BATCHES_COMMITTED: &str = "quire_stage_batches_committed_total";
+    pub const BATCHES_ABORTED: &str = "quire_stage_batches_aborted_total";
+    pub const ILLEGAL_TRANSITIONS: &str = "quire_illegal_transitions_total";
+    pub const QUARANTINED: &str = "quire_quarantined_total";
+}
+
+/// Every event a stage reports.
+pub mod events {
+    use super::names;
+    use quire_core::{Failure, IllegalTransition};
+
+    pub fn record_processed(stage: &'static str, duplicates: usize) {
+        metrics::counter!(names::RECORDS, "stage" => stage).increment(1);
+        if duplicates > 0 {
+            metrics::counter!(names::DUPLICATES, "stage" => stage).increment(duplicates as u64);
+        }
+    }
+
+    pub fn duplicate_skipped(stage: &'static str, instance_id: &str, key: &str) {
+        tracing::info!(stage, instance_id, dedup_key = key, "effect already written; skipped");
+    }
+
+    pub fn dead_lettered(stage: &'static str, instance_id: &str, key: &str, failure: &Failure) {
+        metrics::counter!(names::DEAD_LETTERED, "stage" => stage, "cause" => failure.cause).increment(1);
+        tracing::warn!(stage, instance_id, dedup_key = key, class = %failure.class, cause = failure.cause, reason = %failure.reason, "record dead-lettered");
+    }
+
+    pub fn batch_committed(stage: &'static str, inputs: usize, effects: usize) {
+        metrics::counter!(names::BATCHES_COMMITTED, "stage" => stage).increment(1);
+        tracing::debug!(stage, inputs, effects, "batch committed");
+    }
+
+    pub fn batch_aborted(stage: &'static str, inputs: usize, reason: &str) {
+        metrics::counter!(names::BATCHES_ABORTED, "stage" => stage).increment(1);
+        tracing::warn!(stage, inputs, reason, "batch aborted");
+    }
+
+    pub fn illegal_transition(stage: &'static str, err: &IllegalTransition) {
+        metrics::counter!(names::ILLEGAL_TRANSITIONS, "stage" => stage).increment(1);
+        tracing::error!(stage, block_id = %err.block_id, from = %err.from, to = %err.to, "illegal transition rejected");
+    }
+
+    pub fn block_transition(stage: &'static str, instance_id: &str, block_id: &str, dataset_id: &str, request_id: &str, to: quire_core::BlockState) {
+        tracing::debug!(stage, instance_id, block_id, dataset_id, request_id, to = %to, "block transition");
+    }
+
+    pub fn quarantined(instance_id: &str, key: &str, failed_stage: &str, reason: &str) {
+        metrics::counter!(names::QUARANTINED, "failed_stage" => failed_stage.to_owned()).increment(1);
+        tracing::warn!(instance_id, dedup_key = key, failed_stage, reason, "record quarantined");
+    }
+}

@@ -1,0 +1,23 @@
+//! quire-claimer: dataset documents in, queued blocks out.
+
+use clap::Parser;
+use quire_kafka::stages::claimer::Claimer;
+use quire_kafka::{KafkaArgs, StageContext};
+
+#[derive(Parser)]
+#[command(version, about = "Splits submitted documents into blocks and queues them")]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+    /// Largest block, in characters.
+    #[arg(long, env = "QUIRE_MAX_BLOCK_CHARS", default_value_t = quire_core::split::DEFAULT_MAX_BLOCK_CHARS)]
+    max_block_chars: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    quire_kafka::telemetry::init_logging();
+    let cli = Cli::parse();
+    let context = StageContext::new("claimer", &cli.kafka)?;
+    quire_kafka::service::run_stage(Claimer::new(context, cli.max_block_chars), cli.kafka).await
+}

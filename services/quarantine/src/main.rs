@@ -1,0 +1,20 @@
+//! quire-quarantine: Records every dead-lettered failure with its reason.
+
+use clap::Parser;
+use quire_kafka::stages::quarantine::Quarantine;
+use quire_kafka::{KafkaArgs, StageContext};
+
+#[derive(Parser)]
+#[command(version, about = "Records every dead-lettered failure with its reason")]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    quire_kafka::telemetry::init_logging();
+    let cli = Cli::parse();
+    let context = StageContext::new("quarantine", &cli.kafka)?;
+    quire_kafka::service::run_stage(Quarantine::new(context), cli.kafka).await
+}

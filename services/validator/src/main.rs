@@ -1,0 +1,20 @@
+//! quire-validator: Validates engine results and completes their blocks.
+
+use clap::Parser;
+use quire_kafka::stages::validator::Validator;
+use quire_kafka::{KafkaArgs, StageContext};
+
+#[derive(Parser)]
+#[command(version, about = "Validates engine results and completes their blocks")]
+struct Cli {
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    quire_kafka::telemetry::init_logging();
+    let cli = Cli::parse();
+    let context = StageContext::new("validator", &cli.kafka)?;
+    quire_kafka::service::run_stage(Validator::new(context), cli.kafka).await
+}
