@@ -1,0 +1,304 @@
+//! Harness for tests against the real local stack.
+//!
+//! Each test starts its own broker and registry on free loopback ports (through
+//! `quire stack up`, the same path users take) and stops them when the [`Stack`] drops;
+//! topics, groups and transactional ids get a random prefix. A test never skips: if a
+//! program is missing, it fails and says which and how to install it.
+
+use anyhow::{bail, Context};
+use quire_kafka::KafkaArgs;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's binaries (`target/debug`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target directory").to_path_buf()
+}
+
+/// Path of one workspace binary; panics with the fix if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.is_file(), "{} is missing: run `cargo build --workspace` before the tests", path.display());
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// A random name part, so tests never share topics or groups.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+/// Runs `quire ARGS`, returning its output; fails with stderr if it exits non-zero.
+pub fn quire(args: &[&str], env: &HashMap<String, String>) -> anyhow::Result<Output> {
+    let output = quire_status(args, env)?;
+    if !output.status.success() {
+        bail!(
+            "quire {} failed ({}):\n{}{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(output)
+}
+
+/// Runs `quire ARGS` whatever its exit code.
+pub fn quire_status(args: &[&str], env: &HashMap<String, String>) -> anyhow::Result<Output> {
+    Command::new(bin("quire")).args(args).envs(env).stdin(Stdio::null()).output().context("running quire")
+}
+
+/// A broker and a registry of this test's own.
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub bootstrap_servers: String,
+    pub schema_registry_url: String,
+    pub broker_port: u16,
+    pub registry_port: u16,
+}
+
+impl Stack {
+    /// Starts an in-memory stack.
+    pub fn start() -> Self {
+        Self::start_with("memory")
+    }
+
+    /// Starts a stack with `storage` (`memory` or `sqlite`).
+    pub fn start_with(storage: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("quire-stack-").tempdir().expect("temp dir");
+        let (broker_port, registry_port) = (free_port(), free_port());
+        let stack = Stack {
+            bootstrap_servers: format!("127.0.0.1:{broker_port}"),
+            schema_registry_url: format!("http://127.0.0.1:{registry_port}"),
+            dir,
+            broker_port,
+            registry_port,
+        };
+        stack.up(storage);
+        stack
+    }
+
+    fn up(&self, storage: &str) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let (bp, rp) = (self.broker_port.to_string(), self.registry_port.to_string());
+        quire(
+            &["stack", "up", "--dir", &dir, "--storage", storage, "--broker-port", &bp, "--registry-port", &rp],
+            &HashMap::new(),
+        )
+        .expect("the local stack must start (scripts/install-tools.sh installs it)");
+    }
+
+    /// Stops and starts the stack again (same ports, same data directory).
+    pub fn restart(&self, storage: &str) {
+        self.down();
+        self.up(storage);
+    }
+
+    pub fn down(&self) {
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let _ = quire(&["stack", "down", "--dir", &dir], &HashMap::new());
+    }
+
+    /// Environment for Quire binaries pointed at this stack, under `prefix`.
+    pub fn env(&self, prefix: &str) -> HashMap<String, String> {
+        HashMap::from([
+            ("QUIRE_BOOTSTRAP_SERVERS".to_owned(), self.bootstrap_servers.clone()),
+            ("QUIRE_SCHEMA_REGISTRY_URL".to_owned(), self.schema_registry_url.clone()),
+            ("QUIRE_TOPIC_PREFIX".to_owned(), prefix.to_owned()),
+        ])
+    }
+
+    /// Kafka settings pointed at this stack, under `prefix`.
+    pub fn kafka_args(&self, prefix: &str) -> KafkaArgs {
+        KafkaArgs {
+            bootstrap_servers: self.bootstrap_servers.clone(),
+            schema_registry_url: self.schema_registry_url.clone(),
+            topic_prefix: prefix.to_owned(),
+            ..KafkaArgs::default()
+        }
+    }
+
+    pub fn rdkafka_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("broker.address.family", "v4");
+        config
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A running service process, SIGKILLed if still running on drop.
+pub struct Service {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts service binary `name` (e.g. `quire-claimer`) with `env`, logging to `log_dir`.
+    pub fn start(name: &str, env: &HashMap<String, String>, log_dir: &Path, instance: &str) -> Self {
+        let log = log_dir.join(format!("{name}-{instance}-{}.log", rand::random::<u16>()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin(name))
+            .envs(env)
+            .env("QUIRE_INSTANCE_ID", instance)
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Service { name: name.to_owned(), child, log }
+    }
+
+    /// SIGKILL: the process gets no chance to commit or abort.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit status's success.
+    pub fn terminate(&mut self, grace: Duration) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        false
+    }
+
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.running() {
+            self.kill();
+        }
+    }
+}
+
+/// The four stages, in pipeline order.
+pub const STAGES: [&str; 4] = ["quire-claimer", "quire-inference", "quire-validator", "quire-quarantine"];
+
+/// A pipeline under one topic prefix on one stack.
+pub struct Pipeline<'a> {
+    pub stack: &'a Stack,
+    pub prefix: String,
+    pub env: HashMap<String, String>,
+    pub services: Vec<Service>,
+}
+
+impl<'a> Pipeline<'a> {
+    /// Applies the topics under a fresh prefix with `delivery_mode`.
+    pub fn new(stack: &'a Stack, delivery_mode: &str) -> Self {
+        let prefix = unique("t");
+        let mut env = stack.env(&prefix);
+        env.insert("QUIRE_DELIVERY_MODE".into(), delivery_mode.into());
+        quire(&["topics", "apply", "--profile", "local"], &env).expect("topics apply");
+        Pipeline { stack, prefix, env, services: Vec::new() }
+    }
+
+    /// Starts every stage (instance 0).
+    pub fn start_all(&mut self) {
+        for name in STAGES {
+            self.start(name, "0");
+        }
+    }
+
+    pub fn start(&mut self, name: &str, instance: &str) -> usize {
+        self.services.push(Service::start(name, &self.env, self.stack.dir.path(), instance));
+        self.services.len() - 1
+    }
+
+    pub fn service(&mut self, name: &str) -> &mut Service {
+        let index = self.services.iter_mut().rposition(|s| s.name == name && s.running());
+        &mut self.services[index.unwrap_or_else(|| panic!("{name} is not running"))]
+    }
+
+    /// Every service log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.services.iter().map(|s| format!("==== {} ====\n{}", s.log.display(), tail(&s.log_text(), 40))).collect::<Vec<_>>().join("\n")
+    }
+
+    /// `quire publish` of `path` as `dataset`.
+    pub fn publish(&self, path: &Path, dataset: &str) -> anyhow::Result<()> {
+        quire(&["publish", "--quiet", "--dataset", dataset, &path.to_string_lossy()], &self.env).map(|_| ())
+    }
+
+    /// `quire verify --json`, waiting up to `wait` for missing blocks.
+    pub fn verify(&self, dataset: &str, wait: Duration) -> anyhow::Result<(bool, serde_json::Value)> {
+        let secs = wait.as_secs().to_string();
+        let output = quire_status(&["verify", "--json", "--wait", &secs, dataset], &self.env)?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())
+            .with_context(|| format!("verify printed no JSON: {stdout}\n{}", String::from_utf8_lossy(&output.stderr)))?;
+        Ok((output.status.success(), report))
+    }
+}
+
+/// The last `lines` lines of `text`.
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Writes a JSONL dataset of `documents` documents that split into at least
+/// `documents * paragraphs` blocks (each paragraph fills a block), in several languages.
+pub fn write_dataset(dir: &Path, name: &str, documents: usize, paragraphs: usize) -> PathBuf {
+    const SENTENCES: [&str; 6] = [
+        "The committee met on Tuesday to discuss the budget for the coming year and agreed to fund the new library wing.",
+        "Le conseil municipal a voté hier soir le nouveau plan de circulation, qui entrera en vigueur au début du mois prochain.",
+        "Die Forscher haben in den letzten Jahren viele neue Arten im Regenwald entdeckt und ihre Lebensweise genau beschrieben.",
+        "El ayuntamiento ha anunciado que las obras de la plaza terminarán antes del verano y que habrá nuevos árboles.",
+        "Il museo della città ha aperto una nuova sala dedicata alla storia del porto e delle famiglie dei pescatori.",
+        "De nieuwe brug over de rivier wordt volgend jaar geopend en moet de files in het centrum van de stad verminderen.",
+    ];
+    let path = dir.join(format!("{name}.jsonl"));
+    let mut lines = Vec::new();
+    for d in 0..documents {
+        let language = SENTENCES[d % SENTENCES.len()];
+        // ~5 sentences of ~115 chars exceed one 600-char block: one block per paragraph.
+        let paragraph = |p: usize| format!("{} ({d}-{p}) {}", language.repeat(4), language);
+        let text = (0..paragraphs).map(paragraph).collect::<Vec<_>>().join("\n\n");
+        lines.push(serde_json::json!({"id": format!("doc-{d:04}"), "text": text}).to_string());
+    }
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write dataset");
+    path
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

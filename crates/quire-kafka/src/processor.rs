@@ -414,7 +414,14 @@ struct LoopContext {
     core: Arc<Mutex<Core>>,
 }
 
-impl ClientContext for LoopContext {}
+impl ClientContext for LoopContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching the end of a partition is normal for a stage that keeps up.
+        if !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::error!(%error, reason, "kafka client error");
+        }
+    }
+}
 
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -501,6 +508,7 @@ fn run_blocking<S: Stage>(
         .set("client.id", format!("{transactional_id}-consumer"))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
         .set("session.timeout.ms", "10000")

@@ -92,9 +92,11 @@ impl StageContext {
         from: BlockState,
         failure: &Failure,
     ) -> Result<Effect, StageError> {
-        let mut records = match self.transitions(block, &[from, BlockState::Error], Some(&failure.reason)).await? {
-            Ok(records) => records,
-            Err(_) => Vec::new(),
+        // A block already in a terminal state cannot fail again; it is only dead-lettered.
+        let mut records = if from.can_become(BlockState::Error) {
+            self.transitions(block, &[from, BlockState::Error], Some(&failure.reason)).await?.unwrap_or_default()
+        } else {
+            Vec::new()
         };
         let mut dead = self.dead_letter(input, failure, block.block_id);
         dead.headers.push((headers::DATASET_ID.into(), block.dataset_id.as_bytes().to_vec()));

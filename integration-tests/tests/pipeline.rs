@@ -1,0 +1,221 @@
+//! The production line end to end, through the real broker and registry: datasets
+//! complete exactly once in both delivery modes, resubmissions add nothing, a stage
+//! SIGKILLed mid-run loses and duplicates nothing, and bad records are quarantined with
+//! their reason without stalling their partition.
+
+use integration_tests::*;
+use quire_core::records::{Block, QuarantineRecord};
+use quire_core::BlockState;
+use quire_kafka::config::TopicNames;
+use quire_kafka::reader::TopicReader;
+use quire_kafka::Codec;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(300);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+/// Number of records on a topic as a read_committed consumer sees them.
+fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {
+    let reader = TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    reader.read_to_end(topic, |_| None, Duration::from_secs(60), |_| {}).expect("read topic")
+}
+
+/// Waits until `group` has committed the end of every partition of `topic`.
+fn wait_consumed(stack: &Stack, group: &str, topic: &str) {
+    let consumer: BaseConsumer = stack.rdkafka_config().set("group.id", group).create().expect("consumer");
+    eventually(WAIT, &format!("{group} to consume all of {topic}"), || {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+        let partitions = metadata.topics().first()?.partitions().len() as i32;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+        (0..partitions)
+            .all(|p| {
+                let (_, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(5)).unwrap_or((0, i64::MAX));
+                match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o >= high,
+                    _ => high == 0,
+                }
+            })
+            .then_some(())
+    })
+    .expect("group caught up");
+}
+
+fn report_field(report: &serde_json::Value, field: &str) -> u64 {
+    report[field].as_u64().unwrap_or_else(|| panic!("report has no {field}: {report}"))
+}
+
+fn assert_exactly_once(pipeline: &Pipeline<'_>, dataset: &str, min_blocks: u64) -> serde_json::Value {
+    let (sound, report) = pipeline.verify(dataset, WAIT).expect("verify runs");
+    assert!(sound, "verify found loss or duplication: {report}\n{}", pipeline.logs());
+    assert!(report_field(&report, "blocks_expected") >= min_blocks, "{report}");
+    assert_eq!(report_field(&report, "missing"), 0, "{report}");
+    assert_eq!(report_field(&report, "completed_more_than_once"), 0, "{report}");
+    assert_eq!(report_field(&report, "completed_once"), report_field(&report, "blocks_expected"), "{report}\n{}", pipeline.logs());
+    report
+}
+
+fn completes_exactly_once_and_ignores_resubmission(mode: &str) {
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, mode);
+    pipeline.start_all();
+    let data = write_dataset(stack.dir.path(), "reports", 50, 4);
+    pipeline.publish(&data, "reports").expect("publish");
+    let report = assert_exactly_once(&pipeline, "reports", 200);
+    let names = TopicNames::new(&pipeline.prefix);
+    let blocks = report_field(&report, "blocks_expected") as usize;
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.queued()), blocks);
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.completed()), blocks);
+
+    // The same content again: same idempotency key, so nothing new anywhere.
+    pipeline.publish(&data, "reports").expect("publish again");
+    wait_consumed(&stack, &names.group("claimer"), &names.ingest());
+    wait_consumed(&stack, &names.group("inference"), &names.queued());
+    wait_consumed(&stack, &names.group("validator"), &names.results());
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.queued()), blocks, "resubmission queued blocks again");
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.completed()), blocks, "resubmission completed blocks again");
+    let again = assert_exactly_once(&pipeline, "reports", 200);
+    assert_eq!(again["completed_once"], report["completed_once"]);
+
+    for service in &mut pipeline.services {
+        assert!(service.terminate(Duration::from_secs(20)), "{} did not stop cleanly on SIGTERM:\n{}", service.name, tail(&service.log_text(), 30));
+    }
+}
+
+#[test]
+fn completes_dataset_exactly_once_transactional() {
+    completes_exactly_once_and_ignores_resubmission("transactional");
+}
+
+#[test]
+fn completes_dataset_exactly_once_idempotent() {
+    completes_exactly_once_and_ignores_resubmission("idempotent");
+}
+
+fn survives_sigkill(mode: &str) {
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, mode);
+    pipeline.start_all();
+    let data = write_dataset(stack.dir.path(), "kill", 60, 4);
+    pipeline.publish(&data, "kill").expect("publish");
+    let names = TopicNames::new(&pipeline.prefix);
+    // Kill each processing stage once it has done part of its work, then restart it
+    // with the same instance id (so it fences its predecessor's transactional id).
+    for (stage, progress_topic) in [("quire-inference", names.results()), ("quire-validator", names.completed())] {
+        eventually(WAIT, &format!("{stage} to make progress"), || {
+            (count_records(&stack, &pipeline.prefix, &progress_topic) >= 20).then_some(())
+        })
+        .expect("progress");
+        pipeline.service(stage).kill();
+        pipeline.start(stage, "0");
+    }
+    assert_exactly_once(&pipeline, "kill", 240);
+}
+
+#[test]
+fn stage_killed_mid_run_loses_and_duplicates_nothing_transactional() {
+    survives_sigkill("transactional");
+}
+
+#[test]
+fn stage_killed_mid_run_loses_and_duplicates_nothing_idempotent() {
+    survives_sigkill("idempotent");
+}
+
+fn quarantine_records(stack: &Stack, prefix: &str, runtime: &tokio::runtime::Runtime) -> Vec<QuarantineRecord> {
+    let args = stack.kafka_args(prefix);
+    let reader = TopicReader::new(&args).expect("reader");
+    let mut payloads = Vec::new();
+    reader
+        .read_to_end(&TopicNames::new(prefix).quarantine(), |_| None, Duration::from_secs(60), |m| payloads.push(m.payload().map(<[u8]>::to_vec)))
+        .expect("read quarantine");
+    let codec = Codec::new(&args.schema_registry_url).expect("codec");
+    payloads.iter().map(|p| runtime.block_on(codec.decode::<QuarantineRecord>(p.as_deref())).expect("quarantine record decodes")).collect()
+}
+
+#[test]
+fn advances_past_poison_message_and_rejects_illegal_transition() {
+    let runtime = runtime();
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, "transactional");
+    pipeline.start_all();
+    let names = TopicNames::new(&pipeline.prefix);
+    let producer: BaseProducer = stack.rdkafka_config().create().expect("producer");
+    // Not Avro at all, on every ingest partition.
+    for partition in 0..3 {
+        producer
+            .send(BaseRecord::to(&names.ingest()).partition(partition).key("poison").payload("{not avro"))
+            .expect("send poison");
+    }
+    // A well-formed block that claims to be COMPLETED already: QUEUED is the only state
+    // inference accepts, so COMPLETED → PROCESSING must be rejected.
+    let codec = Codec::new(&stack.schema_registry_url).expect("codec");
+    let text = "A block that skipped its pipeline.";
+    let block = Block {
+        block_id: "blk-illegal-transition-0001".into(),
+        dataset_id: "forged".into(),
+        document_id: "doc".into(),
+        sequence: 0,
+        block_count: 1,
+        text: text.into(),
+        source_language: None,
+        target_language: None,
+        task: "language-id".into(),
+        attempt: 0,
+        checksum: quire_core::ids::checksum(text),
+        idempotency_key: "forged".into(),
+        state: BlockState::Completed,
+        request_id: "req-forged".into(),
+        submitted_at_ms: 0,
+        updated_at_ms: 0,
+    };
+    let payload = runtime.block_on(codec.encode(&names.queued(), &block)).expect("encode block");
+    producer.send(BaseRecord::to(&names.queued()).key(&block.block_id).payload(&payload)).expect("send block");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+
+    // Good data behind the poison still completes.
+    let data = write_dataset(stack.dir.path(), "after-poison", 6, 2);
+    pipeline.publish(&data, "after-poison").expect("publish");
+    assert_exactly_once(&pipeline, "after-poison", 12);
+
+    let records = eventually(WAIT, "poison and illegal block in quarantine", || {
+        let records = quarantine_records(&stack, &pipeline.prefix, &runtime);
+        (records.len() >= 4).then_some(records)
+    })
+    .expect("quarantined");
+    let poison: Vec<_> = records.iter().filter(|r| r.original_topic == names.ingest()).collect();
+    assert_eq!(poison.len(), 3, "{records:?}");
+    for record in poison {
+        assert_eq!(record.error_class, "DATA");
+        assert!(record.reason.contains("Confluent wire format"), "reason should name what was wrong: {}", record.reason);
+        assert_eq!(record.failed_stage, names.group("claimer"));
+    }
+    let illegal = records.iter().find(|r| r.block_id.as_deref() == Some("blk-illegal-transition-0001")).expect("illegal block quarantined");
+    assert_eq!(illegal.reason, "illegal transition for block blk-illegal-transition-0001: COMPLETED → PROCESSING");
+    assert_eq!(illegal.dataset_id.as_deref(), Some("forged"));
+    let inference_log = pipeline.service("quire-inference").log_text();
+    assert!(
+        inference_log.contains("illegal transition rejected") && inference_log.contains("blk-illegal-transition-0001"),
+        "inference must log the rejected transition:\n{}",
+        tail(&inference_log, 30)
+    );
+    // Nothing of the forged block went downstream.
+    assert!(count_records(&stack, &pipeline.prefix, &names.results()) >= 12);
+    let reader = TopicReader::new(&stack.kafka_args(&pipeline.prefix)).expect("reader");
+    let mut forged_downstream = 0;
+    reader
+        .read_to_end(&names.results(), |_| None, Duration::from_secs(30), |m| {
+            forged_downstream += usize::from(m.key() == Some(block.block_id.as_bytes()));
+        })
+        .expect("read results");
+    assert_eq!(forged_downstream, 0);
+}
