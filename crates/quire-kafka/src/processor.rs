@@ -315,7 +315,13 @@ impl Core {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
         let result = match self.mode {
-            DeliveryMode::Transactional => self.commit_transaction(consumer, &offsets),
+            DeliveryMode::Transactional if self.batch.txn_open => self.commit_transaction(consumer, &offsets),
+            // Nothing was produced, so there is nothing to make atomic with the offsets: a
+            // plain commit (fenced by the group generation) is enough, and the local broker
+            // drops the offsets of a transaction that holds no records.
+            DeliveryMode::Transactional => consumer
+                .commit(&offsets, CommitMode::Sync)
+                .map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}"))),
             DeliveryMode::Idempotent => self.commit_idempotent(consumer, &offsets),
         };
         match result {
@@ -339,10 +345,6 @@ impl Core {
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
     ) -> std::result::Result<(), TxnFailure> {
-        if !self.batch.txn_open {
-            self.producer.begin_transaction().map_err(|e| classify(&e))?;
-            self.batch.txn_open = true;
-        }
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| TxnFailure::Abortable("consumer has no group metadata".into()))?;
