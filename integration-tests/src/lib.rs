@@ -143,6 +143,7 @@ pub struct Service {
     pub name: String,
     pub child: Child,
     pub log: PathBuf,
+    pub metrics_port: Option<u16>,
 }
 
 impl Service {
@@ -159,7 +160,7 @@ impl Service {
             .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Service { name: name.to_owned(), child, log }
+        Service { name: name.to_owned(), child, log, metrics_port: None }
     }
 
     /// SIGKILL: the process gets no chance to commit or abort.
@@ -185,6 +186,30 @@ impl Service {
     /// Whether the process still runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The service's `/metrics` page.
+    pub fn scrape(&self) -> anyhow::Result<String> {
+        use std::io::{Read, Write};
+        let port = self.metrics_port.context("service has no metrics endpoint")?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut page = String::new();
+        stream.read_to_string(&mut page)?;
+        Ok(page)
+    }
+
+    /// Sum of the samples of metric `name` whose labels contain every `labels` pair.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let page = self.scrape().ok()?;
+        let samples: Vec<f64> = page
+            .lines()
+            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+            .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+            .collect();
+        (!samples.is_empty()).then(|| samples.iter().sum())
     }
 
     pub fn log_text(&self) -> String {
@@ -228,8 +253,14 @@ impl<'a> Pipeline<'a> {
         }
     }
 
+    /// Starts service `name` as `instance`, with a Prometheus endpoint on a free port.
     pub fn start(&mut self, name: &str, instance: &str) -> usize {
-        self.services.push(Service::start(name, &self.env, self.stack.dir.path(), instance));
+        let mut env = self.env.clone();
+        let port = free_port();
+        env.insert("QUIRE_METRICS_ADDR".into(), format!("127.0.0.1:{port}"));
+        let mut service = Service::start(name, &env, self.stack.dir.path(), instance);
+        service.metrics_port = Some(port);
+        self.services.push(service);
         self.services.len() - 1
     }
 
