@@ -92,21 +92,37 @@ fn completes_dataset_exactly_once_idempotent() {
 fn survives_sigkill(mode: &str) {
     let stack = Stack::start();
     let mut pipeline = Pipeline::new(&stack, mode);
+    // Long batches, so that a kill lands between writing outputs and committing offsets.
+    pipeline.env.insert("QUIRE_COMMIT_INTERVAL_MS".into(), "1500".into());
+    pipeline.env.insert("QUIRE_MAX_BATCH".into(), "100000".into());
     pipeline.start_all();
-    let data = write_dataset(stack.dir.path(), "kill", 60, 4);
+    let data = write_dataset(stack.dir.path(), "kill", 100, 4);
     pipeline.publish(&data, "kill").expect("publish");
-    let names = TopicNames::new(&pipeline.prefix);
-    // Kill each processing stage once it has done part of its work, then restart it
-    // with the same instance id (so it fences its predecessor's transactional id).
-    for (stage, progress_topic) in [("quire-inference", names.results()), ("quire-validator", names.completed())] {
-        eventually(WAIT, &format!("{stage} to make progress"), || {
-            (count_records(&stack, &pipeline.prefix, &progress_topic) >= 20).then_some(())
-        })
-        .expect("progress");
-        pipeline.service(stage).kill();
+    // As soon as inference has done part of the work, SIGKILL every processing stage
+    // and restart each with the same instance id (so it fences its predecessor).
+    let stages = ["quire-claimer", "quire-inference", "quire-validator"];
+    let deadline = std::time::Instant::now() + WAIT;
+    let processed_at_kill = loop {
+        let processed = pipeline.service("quire-inference").metric("quire_stage_records_total", &[("stage", "inference")]);
+        if processed.is_some_and(|n| n >= 30.0) {
+            for stage in stages {
+                pipeline.service(stage).kill();
+            }
+            break processed.unwrap_or_default();
+        }
+        assert!(std::time::Instant::now() < deadline, "inference made no progress\n{}", pipeline.logs());
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let completed_at_kill = count_records(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).completed());
+    eprintln!("killed at {processed_at_kill} blocks inferred, {completed_at_kill} completed");
+    for stage in stages {
         pipeline.start(stage, "0");
     }
-    assert_exactly_once(&pipeline, "kill", 240);
+    let report = assert_exactly_once(&pipeline, "kill", 400);
+    assert!(
+        (completed_at_kill as u64) < report_field(&report, "blocks_expected"),
+        "the kill came after the work was done ({completed_at_kill} completed): the test proved nothing"
+    );
 }
 
 #[test]
