@@ -117,11 +117,12 @@ pub fn read_state(dir: &Path) -> anyhow::Result<Option<StackState>> {
     }
 }
 
-fn spawn_logged(program: &Path, args: &[String], log: &Path) -> anyhow::Result<u32> {
+fn spawn_logged(program: &Path, args: &[String], dir: &Path, log: &Path) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let child = Command::new(program)
         .args(args)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out)
@@ -159,7 +160,8 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
     let listener = format!("tcp://127.0.0.1:{}", args.broker_port);
     let storage = match args.storage {
         Storage::Memory => "memory://nisshi/".to_owned(),
-        Storage::Sqlite => format!("sqlite://{}", dir.join("nisshi.db").display()),
+        // nisshi resolves the SQLite path against its working directory (the stack dir).
+        Storage::Sqlite => "sqlite://nisshi.db".to_owned(),
     };
     let broker_args = vec![
         "broker".into(),
@@ -173,10 +175,10 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
         "100ms".into(),
         "--silent".into(),
     ];
-    let broker_pid = spawn_logged(&nisshi, &broker_args, &dir.join("broker.log"))?;
+    let broker_pid = spawn_logged(&nisshi, &broker_args, &dir, &dir.join("broker.log"))?;
     let registry_args =
         vec!["serve".into(), "--host".into(), "127.0.0.1".into(), "--port".into(), args.registry_port.to_string()];
-    let registry_pid = spawn_logged(&registry, &registry_args, &dir.join("registry.log"))?;
+    let registry_pid = spawn_logged(&registry, &registry_args, &dir, &dir.join("registry.log"))?;
     let state = StackState {
         broker_pid,
         registry_pid,
