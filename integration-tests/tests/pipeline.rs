@@ -164,24 +164,7 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
     // inference accepts, so COMPLETED → PROCESSING must be rejected.
     let codec = Codec::new(&stack.schema_registry_url).expect("codec");
     let text = "A block that skipped its pipeline.";
-    let block = Block {
-        block_id: "blk-illegal-transition-0001".into(),
-        dataset_id: "forged".into(),
-        document_id: "doc".into(),
-        sequence: 0,
-        block_count: 1,
-        text: text.into(),
-        source_language: None,
-        target_language: None,
-        task: "language-id".into(),
-        attempt: 0,
-        checksum: quire_core::ids::checksum(text),
-        idempotency_key: "forged".into(),
-        state: BlockState::Completed,
-        request_id: "req-forged".into(),
-        submitted_at_ms: 0,
-        updated_at_ms: 0,
-    };
+    let block = Block { dataset_id: "forged".into(), ..Block::fixture("blk-illegal-transition-0001", text, BlockState::Completed) };
     let payload = runtime.block_on(codec.encode(&names.queued(), &block)).expect("encode block");
     producer.send(BaseRecord::to(&names.queued()).key(&block.block_id).payload(&payload)).expect("send block");
     producer.flush(Duration::from_secs(10)).expect("flush");

@@ -88,24 +88,7 @@ mod language_id {
         use crate::state::BlockState;
 
         fn block(text: &str) -> Block {
-            Block {
-                block_id: "b".into(),
-                dataset_id: "d".into(),
-                document_id: "doc".into(),
-                sequence: 0,
-                block_count: 1,
-                text: text.into(),
-                source_language: None,
-                target_language: None,
-                task: "language-id".into(),
-                attempt: 0,
-                checksum: crate::ids::checksum(text),
-                idempotency_key: "k".into(),
-                state: BlockState::Processing,
-                request_id: "r".into(),
-                submitted_at_ms: 0,
-                updated_at_ms: 0,
-            }
+            Block::fixture("b", text, BlockState::Processing)
         }
 
         #[test]

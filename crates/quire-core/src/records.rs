@@ -45,6 +45,30 @@ pub struct Block {
     pub updated_at_ms: i64,
 }
 
+impl Block {
+    /// A block with `text` in `state` and placeholder ids: for tests and examples.
+    pub fn fixture(block_id: &str, text: &str, state: BlockState) -> Block {
+        Block {
+            block_id: block_id.into(),
+            dataset_id: "dataset".into(),
+            document_id: "document".into(),
+            sequence: 0,
+            block_count: 1,
+            text: text.into(),
+            source_language: None,
+            target_language: None,
+            task: "language-id".into(),
+            attempt: 0,
+            checksum: ids::checksum(text),
+            idempotency_key: format!("key-{block_id}"),
+            state,
+            request_id: "request".into(),
+            submitted_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+}
+
 /// What an engine said about a block (`InferenceResult.avsc`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InferenceResult {

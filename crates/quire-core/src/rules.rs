@@ -42,27 +42,9 @@ mod tests {
     use crate::state::BlockState;
 
     fn result(text: &str, label: &str, confidence: f64) -> InferenceResult {
-        let checksum = ids::checksum(text);
         InferenceResult {
-            output_checksum: output_checksum(&checksum, label, confidence),
-            block: Block {
-                block_id: "b1".into(),
-                dataset_id: "d".into(),
-                document_id: "doc".into(),
-                sequence: 0,
-                block_count: 1,
-                text: text.into(),
-                source_language: None,
-                target_language: None,
-                task: "language-id".into(),
-                attempt: 0,
-                checksum,
-                idempotency_key: "k".into(),
-                state: BlockState::Validating,
-                request_id: "r".into(),
-                submitted_at_ms: 0,
-                updated_at_ms: 0,
-            },
+            output_checksum: output_checksum(&ids::checksum(text), label, confidence),
+            block: Block::fixture("b1", text, BlockState::Validating),
             engine: "e".into(),
             label: label.into(),
             confidence,

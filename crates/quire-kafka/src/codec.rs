@@ -186,24 +186,7 @@ mod tests {
     fn domain_records_encode_with_their_schema() {
         use quire_core::records::*;
         use quire_core::BlockState;
-        let block = Block {
-            block_id: "b".into(),
-            dataset_id: "d".into(),
-            document_id: "doc".into(),
-            sequence: 0,
-            block_count: 1,
-            text: "hello".into(),
-            source_language: Some("en".into()),
-            target_language: None,
-            task: "language-id".into(),
-            attempt: 0,
-            checksum: "c".into(),
-            idempotency_key: "k".into(),
-            state: BlockState::Queued,
-            request_id: "r".into(),
-            submitted_at_ms: 1,
-            updated_at_ms: 2,
-        };
+        let block = Block { source_language: Some("en".into()), ..Block::fixture("b", "hello", BlockState::Queued) };
         let schema = Schema::parse_str(schema_text("Block").unwrap()).unwrap();
         let value = apache_avro::to_value(&block).unwrap().resolve(&schema).unwrap();
         let bytes = apache_avro::to_avro_datum(&schema, value).unwrap();

@@ -81,12 +81,7 @@ impl Stage for Claimer {
         }
         let mut effects = Vec::with_capacity(blocks.len());
         for block in blocks {
-            let block_ref = BlockRef {
-                block_id: &block.block_id,
-                dataset_id: &block.dataset_id,
-                request_id: &block.request_id,
-                idempotency_key: &block.idempotency_key,
-            };
+            let block_ref = BlockRef::from(&block);
             let path = [BlockState::Pending, BlockState::Claimed, BlockState::Queued];
             let mut records = match ctx.transitions(&block_ref, &path, None).await? {
                 Ok(records) => records,

@@ -55,12 +55,7 @@ impl Stage for Inference {
             Ok(block) => block,
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
-        let block_ref = BlockRef {
-            block_id: &block.block_id,
-            dataset_id: &block.dataset_id,
-            request_id: &block.request_id,
-            idempotency_key: &block.idempotency_key,
-        };
+        let block_ref = BlockRef::from(&block);
         let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Processing], None).await? {
             Ok(records) => records,
             Err(failure) => return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]),

@@ -45,6 +45,17 @@ struct BlockRef<'a> {
     idempotency_key: &'a str,
 }
 
+impl<'a> From<&'a quire_core::records::Block> for BlockRef<'a> {
+    fn from(block: &'a quire_core::records::Block) -> Self {
+        BlockRef {
+            block_id: &block.block_id,
+            dataset_id: &block.dataset_id,
+            request_id: &block.request_id,
+            idempotency_key: &block.idempotency_key,
+        }
+    }
+}
+
 impl StageContext {
     async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord, StageError> {
         let payload = self.codec.encode(topic, value).await.map_err(encode_failure)?;

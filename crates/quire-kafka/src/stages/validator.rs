@@ -37,12 +37,7 @@ impl Stage for Validator {
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
         let block = &result.block;
-        let block_ref = BlockRef {
-            block_id: &block.block_id,
-            dataset_id: &block.dataset_id,
-            request_id: &block.request_id,
-            idempotency_key: &block.idempotency_key,
-        };
+        let block_ref = BlockRef::from(block);
         if let Err(failure) = rules::validate(&result) {
             return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]);
         }
