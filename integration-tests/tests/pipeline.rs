@@ -206,3 +206,23 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
         .expect("read results");
     assert_eq!(forged_downstream, 0);
 }
+
+#[test]
+fn zombie_is_fenced_and_exits() {
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, "transactional");
+    pipeline.start_all();
+    let zombie = pipeline.services.iter().position(|s| s.name == "quire-inference").expect("inference started");
+    // A second instance with the same id takes over the transactional id: the first is
+    // now a zombie and must stop at its next transactional write.
+    pipeline.start("quire-inference", "0");
+    let data = write_dataset(stack.dir.path(), "zombie", 30, 2);
+    pipeline.publish(&data, "zombie").expect("publish");
+    assert_exactly_once(&pipeline, "zombie", 60);
+    let exited = eventually(WAIT, "the zombie to exit", || pipeline.services[zombie].child.try_wait().ok().flatten());
+    let status = exited.unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    let log = pipeline.services[zombie].log_text();
+    assert!(!status.success(), "a fenced instance must exit non-zero");
+    assert!(log.contains("fenced"), "the zombie must say it was fenced:\n{}", tail(&log, 20));
+    assert!(pipeline.service("quire-inference").running(), "the successor keeps running");
+}
