@@ -1,0 +1,67 @@
+//! The production compose (docker/compose.yaml) cannot run here (no Docker engine), so
+//! this checks what can be checked without one: Kafka UI gets the environment names it
+//! reads, every stage reaches all three brokers and serves metrics, Prometheus scrapes
+//! every stage, and the topics job applies a profile topics.yaml has.
+
+use quire_kafka::topics::TopicsFile;
+use serde_yaml::Value;
+use std::path::Path;
+
+fn compose() -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/compose.yaml");
+    let mut value: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    value.apply_merge().unwrap();
+    // Merges nested inside service environments.
+    for (_, service) in value["services"].as_mapping_mut().unwrap().iter_mut() {
+        service.apply_merge().unwrap();
+    }
+    value
+}
+
+fn env<'a>(service: &'a Value, name: &str) -> Option<&'a str> {
+    service["environment"][name].as_str()
+}
+
+const STAGES: [&str; 4] = ["claimer", "inference", "validator", "quarantine"];
+
+#[test]
+fn production_compose_wires_brokers_ui_stages_and_prometheus() {
+    let compose = compose();
+    let services = &compose["services"];
+    for broker in ["kafka-1", "kafka-2", "kafka-3"] {
+        assert!(services[broker]["image"].as_str().unwrap().starts_with("apache/kafka"), "{broker}");
+    }
+    let ui = &services["kafka-ui"];
+    assert_eq!(env(ui, "KAFKA_CLUSTERS_0_BOOTSTRAPSERVERS"), Some("kafka-1:9092,kafka-2:9092,kafka-3:9092"));
+    assert_eq!(env(ui, "KAFKA_CLUSTERS_0_SCHEMAREGISTRY"), Some("http://schema-registry:8081"));
+    assert!(env(ui, "KAFKA_CLUSTERS_0_NAME").is_some() && env(ui, "DYNAMIC_CONFIG_ENABLED").is_some());
+
+    let mut instances = std::collections::HashSet::new();
+    for stage in STAGES {
+        let service = &services[stage];
+        assert_eq!(service["command"][0].as_str(), Some(format!("quire-{stage}").as_str()));
+        assert_eq!(env(service, "QUIRE_BOOTSTRAP_SERVERS"), Some("kafka-1:9092,kafka-2:9092,kafka-3:9092"), "{stage}");
+        assert_eq!(env(service, "QUIRE_METRICS_ADDR"), Some("0.0.0.0:9100"), "{stage}");
+        assert!(instances.insert(env(service, "QUIRE_INSTANCE_ID").expect("instance id").to_owned()), "{stage}: instance ids must differ");
+    }
+
+    let topics = &services["topics"]["command"];
+    let profile = topics.as_sequence().unwrap().iter().skip_while(|a| a.as_str() != Some("--profile")).nth(1).unwrap();
+    let file = TopicsFile::load(None).unwrap();
+    let desired = file.desired(profile.as_str().unwrap(), "quire").unwrap();
+    assert!(desired.iter().all(|t| t.replication_factor == 3), "three brokers, replication 3");
+
+    let prometheus: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker/prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let targets: Vec<&str> = prometheus["scrape_configs"][0]["static_configs"][0]["targets"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for stage in STAGES {
+        assert!(targets.contains(&format!("{stage}:9100").as_str()), "prometheus does not scrape {stage}");
+    }
+}
