@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-tools.sh
+scripts/python-env.sh
 cargo build --workspace --locked
 cargo test --workspace --locked --exclude integration-tests
 # Integration tests each run a whole pipeline: one at a time on a 2-core machine.
