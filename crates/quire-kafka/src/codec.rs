@@ -132,10 +132,13 @@ impl Codec {
     /// Encodes `record` for `topic` with the latest schema of `<topic>-value`.
     pub async fn encode<T: Serialize>(&self, topic: &str, record: &T) -> Result<Vec<u8>> {
         let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
-        self.encoder
-            .encode_struct(record, &strategy)
-            .await
-            .map_err(|e| Error::Encode { topic: topic.to_owned(), message: e.to_string() })
+        self.encoder.encode_struct(record, &strategy).await.map_err(|e| {
+            if e.retriable {
+                self.registry_error(e)
+            } else {
+                Error::Encode { topic: topic.to_owned(), message: e.to_string() }
+            }
+        })
     }
 
     /// Decodes a Confluent wire-format value into `T`.

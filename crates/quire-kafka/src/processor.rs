@@ -99,13 +99,17 @@ pub struct Effect {
     pub records: Vec<OutputRecord>,
 }
 
-/// Why a stage could not process a record now. Bad records are not errors: a stage
-/// turns them into dead-letter effects.
+/// Why a stage could not process a record. Records the stage can read but rejects are
+/// not errors: the stage turns them into dead-letter effects itself.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// Infrastructure failed (registry down, ...): abort, rewind and try again later.
     #[error("retry later: {0}")]
     Retry(String),
+    /// This record can never be processed (e.g. its output does not fit the schema):
+    /// the loop dead-letters it under its position so the partition moves on.
+    #[error("poison record: {0}")]
+    Poison(Failure),
 }
 
 /// What a stage knows about where it runs.
@@ -128,6 +132,13 @@ impl StageContext {
             names,
             codec: Codec::new(&args.schema_registry_url)?,
         })
+    }
+
+    /// The effect of a record that cannot be processed at all: dead-lettered under its
+    /// position (`topic/partition/offset`).
+    pub fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
+        let key = input.position_key();
+        Effect { dedup_key: key.clone(), records: vec![self.dead_letter(input, failure, &key)] }
     }
 
     /// The dead-letter record for `input`, which failed with `failure`: the original
@@ -240,6 +251,9 @@ enum TxnFailure {
     Fenced(String),
     Retriable,
     Abortable(String),
+    /// librdkafka's transaction state cannot be trusted any more (a call kept timing
+    /// out, an abort failed): exit, and the restart's init rolls the transaction back.
+    Stuck(String),
 }
 
 fn classify(error: &KafkaError) -> TxnFailure {
@@ -254,17 +268,33 @@ fn classify(error: &KafkaError) -> TxnFailure {
     }
 }
 
+impl TxnFailure {
+    /// The error that ends the loop, for failures that must.
+    fn into_fatal(self) -> Option<Error> {
+        match self {
+            TxnFailure::Fenced(m) => Some(Error::Fenced(m)),
+            TxnFailure::Stuck(m) => Some(Error::Other(format!("transaction state unrecoverable, restarting: {m}"))),
+            TxnFailure::Retriable | TxnFailure::Abortable(_) => None,
+        }
+    }
+}
+
 impl Core {
+    /// Time limit of one blocking librdkafka call; retries stay well inside the
+    /// consumer's max.poll.interval.ms.
     fn timeout(&self) -> Duration {
-        self.txn_timeout
+        self.txn_timeout.min(Duration::from_secs(10))
     }
 
     fn begin_if_needed(&mut self) -> Result<()> {
         if self.mode == DeliveryMode::Transactional && !self.batch.txn_open {
-            self.producer.begin_transaction().map_err(|e| match classify(&e) {
-                TxnFailure::Fenced(m) => Error::Fenced(m),
-                _ => Error::Kafka(e),
-            })?;
+            if let Err(e) = self.producer.begin_transaction() {
+                // begin only fails when the producer's state is broken: never go on.
+                let fatal = classify(&e).into_fatal().unwrap_or_else(|| Error::Other(format!("begin_transaction: {e}")));
+                let message = fatal.to_string();
+                self.fatal = Some(fatal);
+                return Err(Error::Other(message));
+            }
             self.batch.txn_open = true;
         }
         Ok(())
@@ -334,9 +364,14 @@ impl Core {
                 self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
                 Ok(CommitOutcome::Committed)
             }
-            Err(TxnFailure::Fenced(message)) => Err(Error::Fenced(message)),
-            Err(TxnFailure::Retriable) => unreachable!("retriable failures are retried in place"),
-            Err(TxnFailure::Abortable(reason)) => Ok(self.abort(&reason)),
+            Err(TxnFailure::Abortable(reason)) => {
+                let outcome = self.abort(&reason);
+                match self.fatal.take() {
+                    Some(fatal) => Err(fatal),
+                    None => Ok(outcome),
+                }
+            }
+            Err(other) => Err(other.into_fatal().expect("retriable failures are retried in place")),
         }
     }
 
@@ -368,7 +403,9 @@ impl Core {
                         attempts += 1;
                         std::thread::sleep(Duration::from_millis(100 << attempts));
                     }
-                    TxnFailure::Retriable => return Err(TxnFailure::Abortable(e.to_string())),
+                    // librdkafka keeps a timed-out call as the current one: no abort is
+                    // possible now, only a restart.
+                    TxnFailure::Retriable => return Err(TxnFailure::Stuck(e.to_string())),
                     other => return Err(other),
                 },
             }
@@ -392,13 +429,20 @@ impl Core {
     }
 
     /// Abandons the batch: aborts its transaction, if any, and says where to rewind.
+    /// If the abort itself fails, `fatal` is set: the loop must end.
     fn abort(&mut self, reason: &str) -> CommitOutcome {
         if self.batch.txn_open {
             if let Err(e) = self.producer.abort_transaction(self.timeout()) {
-                if let TxnFailure::Fenced(m) = classify(&e) {
-                    self.fatal = Some(Error::Fenced(m));
-                }
                 tracing::error!(stage = self.stage, error = %e, "abort_transaction failed");
+                self.fatal = Some(
+                    classify(&e).into_fatal().unwrap_or_else(|| Error::Other(format!("abort_transaction failed: {e}"))),
+                );
+            }
+        } else if self.mode == DeliveryMode::Idempotent {
+            // Let the abandoned batch's writes land before the dedup index is caught up,
+            // so the replay finds them instead of writing them again.
+            if let Err(e) = self.producer.flush(self.timeout()) {
+                self.fatal = Some(Error::Other(format!("could not flush an abandoned batch: {e}")));
             }
         }
         let batch = std::mem::take(&mut self.batch);
@@ -429,6 +473,11 @@ impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut core = self.core.lock().expect("loop state lock");
         match rebalance {
+            // Partitions already given to another instance: its dedup index cannot see
+            // this batch, so it must not be committed.
+            Rebalance::Revoke(_) if consumer.assignment_lost() => {
+                core.abort("assignment lost");
+            }
             Rebalance::Revoke(_) => match core.commit(consumer) {
                 Ok(_) => {}
                 Err(e) => core.fatal = Some(e),
@@ -562,7 +611,10 @@ fn run_blocking<S: Stage>(
         };
         let mut rewind = None;
         if let Some(input) = input {
-            let processed = runtime.block_on(stage.process(&input));
+            let processed = match runtime.block_on(stage.process(&input)) {
+                Err(StageError::Poison(failure)) => Ok(vec![context.unreadable(&input, &failure)]),
+                other => other,
+            };
             core.batch.note_input(&input);
             let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(effects).map_err(|e| e.to_string()));
             match applied {
@@ -577,6 +629,9 @@ fn run_blocking<S: Stage>(
                     tracing::warn!(stage = stage_name, reason, backoff_ms = backoff.as_millis() as u64, "record failed; retrying batch");
                     if let CommitOutcome::Aborted(to) = core.abort(&reason) {
                         rewind = Some(to);
+                    }
+                    if let Some(fatal) = core.fatal.take() {
+                        break Err(fatal);
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -594,13 +649,22 @@ fn run_blocking<S: Stage>(
         }
         drop(core);
         if let Some(to) = rewind {
-            for ((topic, partition), offset) in to {
-                if let Err(e) = consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
-                    tracing::warn!(topic, partition, offset, error = %e, "rewind failed; leaving the partition to rebalance");
-                }
+            // Going on past an aborted batch would commit offsets of lost effects.
+            let failed = to.into_iter().find_map(|((topic, partition), offset)| {
+                consumer
+                    .seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(10))
+                    .err()
+                    .map(|e| Error::Other(format!("rewind of {topic}/{partition} to {offset} failed: {e}")))
+            });
+            if let Some(error) = failed {
+                break Err(error);
             }
         }
     };
+    if result.is_err() {
+        // Nothing of an unfinished batch may be committed by the revocation on the way out.
+        core.lock().expect("loop state lock").batch = Batch::default();
+    }
     consumer.unsubscribe();
     match &result {
         Ok(()) => tracing::info!(stage = stage_name, "stage stopped cleanly"),

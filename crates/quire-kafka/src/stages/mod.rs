@@ -24,8 +24,12 @@ fn decode_failure(error: Error) -> Result<Failure, StageError> {
     }
 }
 
+/// An unreachable registry is retried; a record that cannot be encoded never will be.
 fn encode_failure(error: Error) -> StageError {
-    StageError::Retry(error.to_string())
+    match error {
+        Error::Registry { .. } => StageError::Retry(error.to_string()),
+        other => StageError::Poison(Failure::data("unencodable-output", other.to_string())),
+    }
 }
 
 /// The headers every block output carries.
@@ -115,10 +119,4 @@ impl StageContext {
         Ok(Effect { dedup_key: block.block_id.to_owned(), records })
     }
 
-    /// The effect of a record that could not be read at all: dead-lettered under its
-    /// position.
-    fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
-        let key = input.position_key();
-        Effect { dedup_key: key.clone(), records: vec![self.dead_letter(input, failure, &key)] }
-    }
 }
