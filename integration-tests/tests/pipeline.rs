@@ -226,3 +226,20 @@ fn zombie_is_fenced_and_exits() {
     assert!(log.contains("fenced"), "the zombie must say it was fenced:\n{}", tail(&log, 20));
     assert!(pipeline.service("quire-inference").running(), "the successor keeps running");
 }
+
+#[test]
+fn demo_runs_the_sample_through_the_pipeline() {
+    let dir = tempfile::Builder::new().prefix("quire-demo-").tempdir().unwrap();
+    let (broker, registry) = (free_port().to_string(), free_port().to_string());
+    let output = quire(
+        &["demo", "--dir", &dir.path().to_string_lossy(), "--broker-port", &broker, "--registry-port", &registry, "--timeout", "120"],
+        &Default::default(),
+    )
+    .expect("quire demo succeeds");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for row in ["│ blocks expected              │     17 │", "│ completed once               │     16 │", "│ quarantined                  │      1 │", "│ missing                      │      0 │", "│ language ru                  │      2 │"] {
+        assert!(stdout.contains(row), "demo summary lacks {row:?}:\n{stdout}");
+    }
+    assert!(stdout.contains("no text in a language the model knows"), "the quarantined block's reason is shown:\n{stdout}");
+    assert!(!dir.path().join("stack.json").exists(), "the demo stops its stack");
+}

@@ -672,3 +672,44 @@ fn run_blocking<S: Stage>(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fencing_is_decided_by_code_even_when_flagged_abortable() {
+        for code in FENCED_CODES {
+            let error = KafkaError::MessageProduction(code);
+            assert!(matches!(classify(&error), TxnFailure::Fenced(_)), "{code:?}");
+            assert!(classify(&error).into_fatal().is_some());
+        }
+        let other = KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut);
+        assert!(matches!(classify(&other), TxnFailure::Abortable(_)));
+        assert!(classify(&other).into_fatal().is_none());
+        assert!(TxnFailure::Stuck("x".into()).into_fatal().is_some());
+    }
+
+    #[test]
+    fn an_aborted_batch_rewinds_to_its_first_offset_per_partition() {
+        let input = |partition, offset| Input {
+            topic: "t".into(),
+            partition,
+            offset,
+            key: None,
+            payload: None,
+            headers: Vec::new(),
+            timestamp_ms: 0,
+            timestamp_type: "CreateTime",
+        };
+        let mut batch = Batch::default();
+        for (partition, offset) in [(0, 5), (1, 9), (0, 6), (0, 7)] {
+            batch.note_input(&input(partition, offset));
+        }
+        assert_eq!(batch.inputs, 4);
+        assert_eq!(batch.rewind_to[&("t".into(), 0)], 5);
+        assert_eq!(batch.rewind_to[&("t".into(), 1)], 9);
+        assert_eq!(batch.next_offsets[&("t".into(), 0)], 8);
+        assert_eq!(batch.next_offsets[&("t".into(), 1)], 10);
+    }
+}

@@ -8,7 +8,7 @@ use super::report::{wait_for_dataset, DatasetReport};
 use super::stack::{self, DirArgs, Storage, UpArgs};
 use super::topics::{apply_topics, ApplyArgs};
 use anyhow::{bail, Context};
-use quire_core::records::ValidatedResult;
+use quire_core::records::{QuarantineRecord, ValidatedResult};
 use quire_kafka::config::TopicNames;
 use quire_kafka::reader::TopicReader;
 use quire_kafka::{Codec, KafkaArgs};
@@ -61,22 +61,33 @@ fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path) -> anyhow::Result<Ch
         .with_context(|| format!("starting {}", exe.display()))
 }
 
-async fn labels(kafka: &KafkaArgs, dataset: &str) -> anyhow::Result<BTreeMap<String, usize>> {
+/// Decoded values of every record on `topic`.
+async fn read_values<T: serde::de::DeserializeOwned>(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<T>> {
     let codec = Codec::new(&kafka.schema_registry_url)?;
-    let topic = TopicNames::new(&kafka.topic_prefix).completed();
     let mut payloads = Vec::new();
     tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        TopicReader::new(kafka)?.read_to_end(&topic, |_| None, Duration::from_secs(30), |m| payloads.push(m.payload().map(<[u8]>::to_vec)))?;
+        TopicReader::new(kafka)?.read_to_end(topic, |_| None, Duration::from_secs(30), |m| payloads.push(m.payload().map(<[u8]>::to_vec)))?;
         Ok(())
     })?;
-    let mut labels = BTreeMap::new();
+    let mut values = Vec::with_capacity(payloads.len());
     for payload in payloads {
-        let result: ValidatedResult = codec.decode(payload.as_deref()).await?;
-        if result.dataset_id == dataset {
-            *labels.entry(result.label).or_default() += 1;
-        }
+        values.push(codec.decode(payload.as_deref()).await?);
+    }
+    Ok(values)
+}
+
+async fn labels(kafka: &KafkaArgs, dataset: &str) -> anyhow::Result<BTreeMap<String, usize>> {
+    let completed: Vec<ValidatedResult> = read_values(kafka, &TopicNames::new(&kafka.topic_prefix).completed()).await?;
+    let mut labels = BTreeMap::new();
+    for result in completed.into_iter().filter(|r| r.dataset_id == dataset) {
+        *labels.entry(result.label).or_default() += 1;
     }
     Ok(labels)
+}
+
+async fn quarantined(kafka: &KafkaArgs, dataset: &str) -> anyhow::Result<Vec<QuarantineRecord>> {
+    let records: Vec<QuarantineRecord> = read_values(kafka, &TopicNames::new(&kafka.topic_prefix).quarantine()).await?;
+    Ok(records.into_iter().filter(|r| r.dataset_id.as_deref() == Some(dataset)).collect())
 }
 
 fn print_summary(report: &DatasetReport, labels: &BTreeMap<String, usize>) {
@@ -148,6 +159,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("published {} documents as dataset {dataset}; waiting for the pipeline…", records.len());
         let report = wait_for_dataset(&kafka, &dataset, quire_core::split::DEFAULT_MAX_BLOCK_CHARS, Duration::from_secs(args.timeout)).await?;
         print_summary(&report, &labels(&kafka, &dataset).await?);
+        for record in quarantined(&kafka, &dataset).await? {
+            println!("quarantined {} ({} in {}): {}", record.key, record.error_class, record.failed_stage, record.reason);
+        }
         anyhow::Ok(report)
     }
     .await;
