@@ -270,8 +270,14 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Every service log, for failure messages.
+    /// Log lines of a service that say something (no backtrace frames, no end-of-partition noise).
     pub fn logs(&self) -> String {
-        self.services.iter().map(|s| format!("==== {} ====\n{}", s.log.display(), tail(&s.log_text(), 40))).collect::<Vec<_>>().join("\n")
+        let telling = |text: String| {
+            let lines: Vec<&str> =
+                text.lines().filter(|l| l.starts_with('{') && !l.contains("PartitionEOF") || l.starts_with("Error")).collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        self.services.iter().map(|s| format!("==== {} ====\n{}", s.log.display(), telling(s.log_text()))).collect::<Vec<_>>().join("\n")
     }
 
     /// `quire publish` of `path` as `dataset`.

@@ -213,8 +213,12 @@ fn zombie_is_fenced_and_exits() {
     let mut pipeline = Pipeline::new(&stack, "transactional");
     pipeline.start_all();
     let zombie = pipeline.services.iter().position(|s| s.name == "quire-inference").expect("inference started");
-    // A second instance with the same id takes over the transactional id: the first is
-    // now a zombie and must stop at its next transactional write.
+    // Once the first instance holds the transactional id, a second instance with the same
+    // id takes it over: the first is now a zombie and must stop at its next write.
+    eventually(WAIT, "the first inference instance to start", || {
+        pipeline.services[zombie].log_text().contains("stage started").then_some(())
+    })
+    .expect("first instance started");
     pipeline.start("quire-inference", "0");
     let data = write_dataset(stack.dir.path(), "zombie", 30, 2);
     pipeline.publish(&data, "zombie").expect("publish");

@@ -462,10 +462,7 @@ struct LoopContext {
 
 impl ClientContext for LoopContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // Reaching the end of a partition is normal for a stage that keeps up.
-        if !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PartitionEOF)) {
-            tracing::error!(%error, reason, "kafka client error");
-        }
+        crate::reader::log_client_error(&error, reason);
     }
 }
 

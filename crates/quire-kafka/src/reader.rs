@@ -2,16 +2,35 @@
 //! them. Used to rebuild dedup state and by `quire verify` / `quire status`.
 
 use crate::{config::KafkaArgs, Error, Result};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientContext;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+/// Logs a client error, except reaching the end of a partition, which is normal.
+pub(crate) fn log_client_error(error: &KafkaError, reason: &str) {
+    if !matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::PartitionEOF)) {
+        tracing::error!(%error, reason, "kafka client error");
+    }
+}
+
+/// A consumer context that keeps end-of-partition events out of the error log.
+pub(crate) struct QuietContext;
+
+impl ClientContext for QuietContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
 /// A group-less consumer that assigns itself whole topics.
 pub struct TopicReader {
-    consumer: BaseConsumer,
+    consumer: BaseConsumer<QuietContext>,
 }
 
 impl TopicReader {
@@ -23,7 +42,7 @@ impl TopicReader {
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
             .set("auto.offset.reset", "earliest")
-            .create()?;
+            .create_with_context(QuietContext)?;
         Ok(TopicReader { consumer })
     }
 
