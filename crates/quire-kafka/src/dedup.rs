@@ -53,12 +53,12 @@ impl DedupIndex {
         let reader = TopicReader::new(&self.args)?;
         let mut read = 0;
         for topic in &self.topics {
+            // Where this topic was left, copied so the callback below can move it on.
+            let starts: HashMap<i32, i64> =
+                self.next_offsets.iter().filter(|((t, _), _)| t == topic).map(|((_, p), next)| (*p, *next)).collect();
             let next_offsets = &mut self.next_offsets;
             let seen = &mut self.seen;
-            let start = |partition| next_offsets.get(&(topic.clone(), partition)).copied();
-            let starts: HashMap<i32, Option<i64>> =
-                (0..reader.partitions(topic)?).map(|p| (p, start(p))).collect();
-            read += reader.read_to_end(topic, |p| starts.get(&p).copied().flatten(), deadline.saturating_duration_since(Instant::now()), |message| {
+            read += reader.read_to_end(topic, |p| starts.get(&p).copied(), deadline.saturating_duration_since(Instant::now()), |message| {
                 if let Some(key) = message.key() {
                     seen.insert(String::from_utf8_lossy(key).into_owned());
                 }

@@ -4,7 +4,7 @@
 //! all again.
 
 use super::publish::{publish, read_dataset, submissions};
-use super::report::{wait_for_dataset, DatasetReport};
+use super::report::{read_all, wait_for_dataset, DatasetReport};
 use super::stack::{self, DirArgs, Storage, UpArgs};
 use super::topics::{apply_topics, ApplyArgs};
 use anyhow::{bail, Context};
@@ -12,7 +12,6 @@ use quire_core::records::{QuarantineRecord, ValidatedResult};
 use quire_kafka::config::TopicNames;
 use quire_kafka::reader::TopicReader;
 use quire_kafka::{Codec, KafkaArgs};
-use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -64,13 +63,9 @@ fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path) -> anyhow::Result<Ch
 /// Decoded values of every record on `topic`.
 async fn read_values<T: serde::de::DeserializeOwned>(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<T>> {
     let codec = Codec::new(&kafka.schema_registry_url)?;
-    let mut payloads = Vec::new();
-    tokio::task::block_in_place(|| -> anyhow::Result<()> {
-        TopicReader::new(kafka)?.read_to_end(topic, |_| None, Duration::from_secs(30), |m| payloads.push(m.payload().map(<[u8]>::to_vec)))?;
-        Ok(())
-    })?;
-    let mut values = Vec::with_capacity(payloads.len());
-    for payload in payloads {
+    let records = tokio::task::block_in_place(|| read_all(&TopicReader::new(kafka)?, topic))?;
+    let mut values = Vec::with_capacity(records.len());
+    for (_, payload) in records {
         values.push(codec.decode(payload.as_deref()).await?);
     }
     Ok(values)

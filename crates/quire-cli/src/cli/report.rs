@@ -78,7 +78,7 @@ impl DatasetReport {
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads all of `topic` as (key, value) pairs.
-fn read_all(reader: &TopicReader, topic: &str) -> anyhow::Result<Vec<(Option<String>, Option<Vec<u8>>)>> {
+pub fn read_all(reader: &TopicReader, topic: &str) -> anyhow::Result<Vec<(Option<String>, Option<Vec<u8>>)>> {
     let mut records = Vec::new();
     reader.read_to_end(topic, |_| None, READ_TIMEOUT, |m| {
         records.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().map(<[u8]>::to_vec)));
