@@ -5,6 +5,8 @@
 //! topics, groups and transactional ids get a random prefix. A test never skips: if a
 //! program is missing, it fails and says which and how to install it.
 
+pub mod model_server;
+
 use anyhow::{bail, Context};
 use quire_kafka::KafkaArgs;
 use std::collections::HashMap;
@@ -239,9 +241,15 @@ pub struct Pipeline<'a> {
 impl<'a> Pipeline<'a> {
     /// Applies the topics under a fresh prefix with `delivery_mode`.
     pub fn new(stack: &'a Stack, delivery_mode: &str) -> Self {
+        Self::with_env(stack, delivery_mode, &[])
+    }
+
+    /// [`Pipeline::new`] with more environment for every command and service.
+    pub fn with_env(stack: &'a Stack, delivery_mode: &str, extra: &[(&str, &str)]) -> Self {
         let prefix = unique("t");
         let mut env = stack.env(&prefix);
         env.insert("QUIRE_DELIVERY_MODE".into(), delivery_mode.into());
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         quire(&["topics", "apply", "--profile", "local"], &env).expect("topics apply");
         Pipeline { stack, prefix, env, services: Vec::new() }
     }
@@ -338,4 +346,47 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// How long a test waits for the pipeline.
+pub const WAIT: Duration = Duration::from_secs(300);
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+/// Number of records on a topic as a read_committed consumer sees them.
+pub fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {
+    let reader = quire_kafka::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    reader.read_to_end(topic, |_| None, Duration::from_secs(60), |_| {}).expect("read topic")
+}
+
+/// Every record of an Avro topic, decoded, as a read_committed consumer sees them.
+pub fn read_decoded<T: serde::de::DeserializeOwned>(stack: &Stack, prefix: &str, topic: &str, runtime: &tokio::runtime::Runtime) -> Vec<T> {
+    use rdkafka::Message;
+    let args = stack.kafka_args(prefix);
+    let reader = quire_kafka::reader::TopicReader::new(&args).expect("reader");
+    let mut payloads = Vec::new();
+    reader.read_to_end(topic, |_| None, Duration::from_secs(60), |m| payloads.push(m.payload().map(<[u8]>::to_vec))).expect("read topic");
+    let codec = quire_kafka::Codec::new(&args.schema_registry_url).expect("codec");
+    payloads
+        .iter()
+        .map(|p| runtime.block_on(codec.decode::<T>(p.as_deref())).unwrap_or_else(|e| panic!("record on {topic} does not decode: {e}")))
+        .collect()
+}
+
+/// A numeric field of a `quire verify --json` report.
+pub fn report_field(report: &serde_json::Value, field: &str) -> u64 {
+    report[field].as_u64().unwrap_or_else(|| panic!("report has no {field}: {report}"))
+}
+
+/// Asserts that `quire verify` finds every block of `dataset` completed exactly once.
+pub fn assert_exactly_once(pipeline: &Pipeline<'_>, dataset: &str, min_blocks: u64) -> serde_json::Value {
+    let (sound, report) = pipeline.verify(dataset, WAIT).expect("verify runs");
+    assert!(sound, "verify found loss or duplication: {report}\n{}", pipeline.logs());
+    assert!(report_field(&report, "blocks_expected") >= min_blocks, "{report}");
+    assert_eq!(report_field(&report, "missing"), 0, "{report}");
+    assert_eq!(report_field(&report, "completed_more_than_once"), 0, "{report}");
+    assert_eq!(report_field(&report, "completed_once"), report_field(&report, "blocks_expected"), "{report}\n{}", pipeline.logs());
+    report
 }

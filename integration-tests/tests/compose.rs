@@ -48,7 +48,7 @@ fn production_compose_wires_brokers_ui_stages_and_prometheus() {
     let topics = &services["topics"]["command"];
     let profile = topics.as_sequence().unwrap().iter().skip_while(|a| a.as_str() != Some("--profile")).nth(1).unwrap();
     let file = TopicsFile::load(None).unwrap();
-    let desired = file.desired(profile.as_str().unwrap(), "quire").unwrap();
+    let desired = file.desired(profile.as_str().unwrap(), "quire", &Default::default()).unwrap();
     assert!(desired.iter().all(|t| t.replication_factor == 3), "three brokers, replication 3");
 
     let prometheus: Value = serde_yaml::from_str(

@@ -91,15 +91,17 @@ fn topics_apply_is_idempotent_and_matches_topics_yaml() {
     let env = stack.env(&prefix);
     let dry = quire(&["topics", "apply", "--dry-run"], &env).unwrap();
     let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
-    assert_eq!(dry.matches("would create: ").count(), 9, "{dry}");
+    // Nine topics, and one retry topic per default delay of the queued topic.
+    assert_eq!(dry.matches("would create: ").count(), 12, "{dry}");
+    assert!(dry.contains(&format!("would create: {prefix}.blocks.queued-retry-30000\n")), "{dry}");
     let first = String::from_utf8_lossy(&quire(&["topics", "apply"], &env).unwrap().stdout).into_owned();
-    assert_eq!(first.matches("created: ").count(), 9, "{first}");
+    assert_eq!(first.matches("created: ").count(), 12, "{first}");
     let second = String::from_utf8_lossy(&quire(&["topics", "apply"], &env).unwrap().stdout).into_owned();
-    assert!(!second.contains("created: ") && second.contains("unchanged: 9 topic(s)") && !second.contains("drift"), "{second}");
+    assert!(!second.contains("created: ") && second.contains("unchanged: 12 topic(s)") && !second.contains("drift"), "{second}");
     // Against the production profile the single broker shows drift, and apply says so.
     let production = String::from_utf8_lossy(&quire(&["topics", "apply", "--profile", "production", "--dry-run"], &env).unwrap().stdout).into_owned();
     assert!(production.contains("drift: ") && production.contains("partitions 3 on the cluster, 12 declared"), "{production}");
-    let desired = TopicsFile::load(None).unwrap().desired("local", &prefix).unwrap();
+    let desired = TopicsFile::load(None).unwrap().desired("local", &prefix, &Default::default()).unwrap();
     let reader = TopicReader::new(&stack.kafka_args(&prefix)).unwrap();
     for topic in desired {
         assert_eq!(reader.partitions(&topic.name).unwrap(), topic.partitions, "{}", topic.name);

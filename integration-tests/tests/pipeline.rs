@@ -13,18 +13,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(300);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
-}
-
-/// Number of records on a topic as a read_committed consumer sees them.
-fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {
-    let reader = TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
-    reader.read_to_end(topic, |_| None, Duration::from_secs(60), |_| {}).expect("read topic")
-}
-
 /// Waits until `stage` reports having processed `records` input records.
 fn wait_processed(pipeline: &mut Pipeline<'_>, stage: &str, records: usize) {
     let short = stage.trim_start_matches("quire-").to_owned();
@@ -36,20 +24,6 @@ fn wait_processed(pipeline: &mut Pipeline<'_>, stage: &str, records: usize) {
     if let Err(e) = done {
         panic!("{e}\n{}", pipeline.logs());
     }
-}
-
-fn report_field(report: &serde_json::Value, field: &str) -> u64 {
-    report[field].as_u64().unwrap_or_else(|| panic!("report has no {field}: {report}"))
-}
-
-fn assert_exactly_once(pipeline: &Pipeline<'_>, dataset: &str, min_blocks: u64) -> serde_json::Value {
-    let (sound, report) = pipeline.verify(dataset, WAIT).expect("verify runs");
-    assert!(sound, "verify found loss or duplication: {report}\n{}", pipeline.logs());
-    assert!(report_field(&report, "blocks_expected") >= min_blocks, "{report}");
-    assert_eq!(report_field(&report, "missing"), 0, "{report}");
-    assert_eq!(report_field(&report, "completed_more_than_once"), 0, "{report}");
-    assert_eq!(report_field(&report, "completed_once"), report_field(&report, "blocks_expected"), "{report}\n{}", pipeline.logs());
-    report
 }
 
 fn completes_exactly_once_and_ignores_resubmission(mode: &str) {
@@ -135,17 +109,6 @@ fn stage_killed_mid_run_loses_and_duplicates_nothing_idempotent() {
     survives_sigkill("idempotent");
 }
 
-fn quarantine_records(stack: &Stack, prefix: &str, runtime: &tokio::runtime::Runtime) -> Vec<QuarantineRecord> {
-    let args = stack.kafka_args(prefix);
-    let reader = TopicReader::new(&args).expect("reader");
-    let mut payloads = Vec::new();
-    reader
-        .read_to_end(&TopicNames::new(prefix).quarantine(), |_| None, Duration::from_secs(60), |m| payloads.push(m.payload().map(<[u8]>::to_vec)))
-        .expect("read quarantine");
-    let codec = Codec::new(&args.schema_registry_url).expect("codec");
-    payloads.iter().map(|p| runtime.block_on(codec.decode::<QuarantineRecord>(p.as_deref())).expect("quarantine record decodes")).collect()
-}
-
 #[test]
 fn advances_past_poison_message_and_rejects_illegal_transition() {
     let runtime = runtime();
@@ -175,7 +138,7 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
     assert_exactly_once(&pipeline, "after-poison", 12);
 
     let records = eventually(WAIT, "poison and illegal block in quarantine", || {
-        let records = quarantine_records(&stack, &pipeline.prefix, &runtime);
+        let records: Vec<QuarantineRecord> = read_decoded(&stack, &pipeline.prefix, &names.quarantine(), &runtime);
         (records.len() >= 4).then_some(records)
     })
     .expect("quarantined");
@@ -184,7 +147,8 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
     for record in poison {
         assert_eq!(record.error_class, "DATA");
         assert!(record.reason.contains("Confluent wire format"), "reason should name what was wrong: {}", record.reason);
-        assert_eq!(record.failed_stage, names.group("claimer"));
+        assert_eq!(record.failed_stage, "claimer");
+        assert!(record.payload.as_deref() == Some(b"{not avro".as_slice()), "the original bytes are kept");
     }
     let illegal = records.iter().find(|r| r.block_id.as_deref() == Some("blk-illegal-transition-0001")).expect("illegal block quarantined");
     assert_eq!(illegal.reason, "illegal transition for block blk-illegal-transition-0001: COMPLETED → PROCESSING");

@@ -1,7 +1,7 @@
 //! Failures, classified by the action they call for.
 //!
-//! [`ErrorClass`] is decided in one place per failure source and drives what the
-//! processing loop does: retry the record later, quarantine it, or stop the process.
+//! [`ErrorClass`] is decided in one place per failure source (the codec, an engine, a
+//! rule) and [`ErrorClass::policy`] says, in this one place, what Quire does about it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -10,35 +10,99 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ErrorClass {
-    /// May succeed later (an engine timed out, a dependency was down): retry with backoff.
+    /// May succeed on its own later (an HTTP 500, a dropped connection): retry with backoff.
     Transient,
-    /// The record itself is bad (malformed, fails a rule): quarantine it, never retry.
+    /// A dependency is overloaded (timeout, 429, 503): slow down and reschedule.
+    Resource,
+    /// An engine answered, but with bad or empty output: try the next engine.
+    Model,
+    /// The record itself is bad (undecodable, wrong schema, invalid text, oversized):
+    /// quarantine it at once, never retry.
     Data,
+    /// A dependency is down for long (every engine's breaker is open): pause the
+    /// partitions instead of burning retries.
+    Systemic,
     /// This process cannot go on (fenced, misconfigured): exit and let it restart.
     Fatal,
 }
 
+/// What Quire does about a failure of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Reschedule the record on a retry topic, bounded by the retry schedule.
+    Retry,
+    /// Reschedule it, and slow the stage down for a while.
+    BackpressureAndRetry,
+    /// Ask the next engine of the fallback chain (a retry once the chain is exhausted).
+    Fallback,
+    /// Dead-letter it at once.
+    Quarantine,
+    /// Leave the record where it is and pause the stage's partitions until a breaker
+    /// half-opens.
+    Pause,
+    /// End the process.
+    Exit,
+}
+
 impl ErrorClass {
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::Transient,
+        ErrorClass::Resource,
+        ErrorClass::Model,
+        ErrorClass::Data,
+        ErrorClass::Systemic,
+        ErrorClass::Fatal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::Transient => "TRANSIENT",
+            ErrorClass::Resource => "RESOURCE",
+            ErrorClass::Model => "MODEL",
             ErrorClass::Data => "DATA",
+            ErrorClass::Systemic => "SYSTEMIC",
             ErrorClass::Fatal => "FATAL",
         }
+    }
+
+    /// Reads back [`ErrorClass::as_str`], case-insensitively.
+    pub fn parse(name: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// The one policy of this class.
+    pub fn policy(self) -> Policy {
+        match self {
+            ErrorClass::Transient => Policy::Retry,
+            ErrorClass::Resource => Policy::BackpressureAndRetry,
+            ErrorClass::Model => Policy::Fallback,
+            ErrorClass::Data => Policy::Quarantine,
+            ErrorClass::Systemic => Policy::Pause,
+            ErrorClass::Fatal => Policy::Exit,
+        }
+    }
+
+    /// Whether a failure of this class says something about the engine's health (and
+    /// so counts against its circuit breaker). Bad input does not.
+    pub fn counts_against_engine(self) -> bool {
+        matches!(self, ErrorClass::Transient | ErrorClass::Resource | ErrorClass::Model | ErrorClass::Systemic)
     }
 
     /// The exception class name written to `kafka_dlt-exception-fqcn`.
     pub fn fqcn(self) -> &'static str {
         match self {
             ErrorClass::Transient => "quire.TransientError",
+            ErrorClass::Resource => "quire.ResourceError",
+            ErrorClass::Model => "quire.ModelError",
             ErrorClass::Data => "quire.DataError",
+            ErrorClass::Systemic => "quire.SystemicError",
             ErrorClass::Fatal => "quire.FatalError",
         }
     }
 
     /// Reads back an [`ErrorClass::fqcn`].
     pub fn from_fqcn(fqcn: &str) -> Option<ErrorClass> {
-        [ErrorClass::Transient, ErrorClass::Data, ErrorClass::Fatal].into_iter().find(|c| c.fqcn() == fqcn)
+        ErrorClass::ALL.into_iter().find(|c| c.fqcn() == fqcn)
     }
 }
 
@@ -59,11 +123,23 @@ pub struct Failure {
 }
 
 impl Failure {
+    pub fn new(class: ErrorClass, cause: &'static str, reason: impl Into<String>) -> Self {
+        Failure { class, cause, reason: reason.into() }
+    }
     pub fn data(cause: &'static str, reason: impl Into<String>) -> Self {
-        Failure { class: ErrorClass::Data, cause, reason: reason.into() }
+        Failure::new(ErrorClass::Data, cause, reason)
     }
     pub fn transient(cause: &'static str, reason: impl Into<String>) -> Self {
-        Failure { class: ErrorClass::Transient, cause, reason: reason.into() }
+        Failure::new(ErrorClass::Transient, cause, reason)
+    }
+    pub fn resource(cause: &'static str, reason: impl Into<String>) -> Self {
+        Failure::new(ErrorClass::Resource, cause, reason)
+    }
+    pub fn model(cause: &'static str, reason: impl Into<String>) -> Self {
+        Failure::new(ErrorClass::Model, cause, reason)
+    }
+    pub fn systemic(cause: &'static str, reason: impl Into<String>) -> Self {
+        Failure::new(ErrorClass::Systemic, cause, reason)
     }
 }
 
@@ -72,10 +148,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fqcn_round_trips() {
-        for class in [ErrorClass::Transient, ErrorClass::Data, ErrorClass::Fatal] {
+    fn fqcn_and_name_round_trip() {
+        for class in ErrorClass::ALL {
             assert_eq!(ErrorClass::from_fqcn(class.fqcn()), Some(class));
+            assert_eq!(ErrorClass::parse(&class.as_str().to_lowercase()), Some(class));
         }
         assert_eq!(ErrorClass::from_fqcn("java.lang.Exception"), None);
+    }
+
+    #[test]
+    fn each_class_has_its_own_policy() {
+        let policies: std::collections::HashSet<_> =
+            ErrorClass::ALL.iter().map(|c| format!("{:?}", c.policy())).collect();
+        assert_eq!(policies.len(), ErrorClass::ALL.len());
+        assert_eq!(ErrorClass::Data.policy(), Policy::Quarantine);
+        assert!(!ErrorClass::Data.counts_against_engine());
+        assert!(ErrorClass::Resource.counts_against_engine());
     }
 }

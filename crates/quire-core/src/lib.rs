@@ -6,16 +6,18 @@
 //! - [`ids`]: idempotency keys, deterministic block ids and checksums.
 //! - [`split`]: splits a document into blocks, deterministically.
 //! - [`failure`]: error classes, decided by the action a failure calls for.
-//! - [`engine`]: inference engines (a real offline model, and a noop for benchmarks).
+//! - [`retry`]: the retry schedule and retry-topic names.
+//! - [`breaker`]: the circuit breaker state machine engines run behind.
 //! - [`rules`]: the validator's output rules.
 
-pub mod engine;
+pub mod breaker;
 pub mod failure;
 pub mod ids;
 pub mod records;
+pub mod retry;
 pub mod rules;
 pub mod split;
 pub mod state;
 
-pub use failure::{ErrorClass, Failure};
+pub use failure::{ErrorClass, Failure, Policy};
 pub use state::{BlockState, IllegalTransition};

@@ -36,6 +36,10 @@ pub struct Block {
     pub target_language: Option<String>,
     pub task: String,
     pub attempt: i32,
+    /// How often the block was replayed or re-driven (0 at first). Each stage processes
+    /// each generation of a block at most once.
+    #[serde(default)]
+    pub generation: i32,
     /// Checksum of `text`, set by the claimer and re-checked by the validator.
     pub checksum: String,
     pub idempotency_key: String,
@@ -59,6 +63,7 @@ impl Block {
             target_language: None,
             task: "language-id".into(),
             attempt: 0,
+            generation: 0,
             checksum: ids::checksum(text),
             idempotency_key: format!("key-{block_id}"),
             state,
@@ -76,10 +81,26 @@ pub struct InferenceResult {
     pub engine: String,
     pub label: String,
     pub confidence: f64,
+    /// Text the engine produced (translate).
+    #[serde(default)]
+    pub output_text: Option<String>,
     /// Checksum of the output, see [`output_checksum`].
     pub output_checksum: String,
     pub latency_ms: i64,
     pub inferred_at_ms: i64,
+    /// Successes of the chain's other engines, in chain order.
+    #[serde(default)]
+    pub alternatives: Vec<EngineOutput>,
+}
+
+/// What one more engine of a chain produced (`EngineOutput` in `InferenceResult.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineOutput {
+    pub engine: String,
+    pub label: String,
+    pub confidence: f64,
+    #[serde(default)]
+    pub output_text: Option<String>,
 }
 
 /// A block that passed validation (`ValidatedResult.avsc`): the pipeline's product.
@@ -94,6 +115,8 @@ pub struct ValidatedResult {
     pub engine: String,
     pub label: String,
     pub confidence: f64,
+    #[serde(default)]
+    pub output_text: Option<String>,
     pub request_id: String,
     pub completed_at_ms: i64,
 }
@@ -112,10 +135,11 @@ pub struct StateChange {
     pub at_ms: i64,
 }
 
-/// A failure put aside with its reason (`QuarantineRecord.avsc`).
+/// A failure put aside with its reason (`QuarantineRecord.avsc`); the quarantine
+/// topic keeps the latest per key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineRecord {
-    /// The dedup key of the failed record (a block id, or topic/partition/offset).
+    /// A block id, or topic/partition/offset for a record that could not be read.
     pub key: String,
     pub dataset_id: Option<String>,
     pub block_id: Option<String>,
@@ -128,11 +152,47 @@ pub struct QuarantineRecord {
     pub failed_stage: String,
     pub instance_id: String,
     pub quarantined_at_ms: i64,
+    #[serde(default)]
+    pub cause: String,
+    #[serde(default = "one")]
+    pub attempts: i32,
+    #[serde(default)]
+    pub first_failed_at_ms: i64,
+    #[serde(default)]
+    pub last_failed_at_ms: i64,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// The failed record's value, byte for byte.
+    #[serde(default, with = "serde_bytes")]
+    pub payload: Option<Vec<u8>>,
+    /// [`QUARANTINED`] or [`REPLAYED`].
+    #[serde(default = "quarantined")]
+    pub status: String,
+    #[serde(default)]
+    pub replayed_at_ms: Option<i64>,
+    #[serde(default)]
+    pub replayed_by: Option<String>,
+}
+
+/// Status of a quarantine record waiting for a person.
+pub const QUARANTINED: &str = "QUARANTINED";
+/// Status of a quarantine record sent back by `quire dlq replay`.
+pub const REPLAYED: &str = "REPLAYED";
+
+fn one() -> i32 {
+    1
+}
+
+fn quarantined() -> String {
+    QUARANTINED.into()
 }
 
 /// The checksum an engine stamps on its output and the validator recomputes.
-pub fn output_checksum(block_checksum: &str, label: &str, confidence: f64) -> String {
-    ids::checksum(&format!("{block_checksum}|{label}|{confidence:.6}"))
+pub fn output_checksum(block_checksum: &str, label: &str, confidence: f64, text: Option<&str>) -> String {
+    match text {
+        None => ids::checksum(&format!("{block_checksum}|{label}|{confidence:.6}")),
+        Some(text) => ids::checksum(&format!("{block_checksum}|{label}|{confidence:.6}|{text}")),
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -1,7 +1,8 @@
 //! The block state machine.
 //!
 //! PENDING → CLAIMED → QUEUED → PROCESSING → VALIDATING → COMPLETED, with ERROR and
-//! CANCELED as exits from any live state. ERROR may go back to QUEUED (a retry).
+//! CANCELED as exits from any live state. A block goes back to QUEUED from PROCESSING
+//! (rescheduled for a retry), from VALIDATING (re-driven) and from ERROR (replayed).
 //! Events read from topics can carry any pair, so the check is a runtime function whose
 //! error names the block, the from and the to; callers log it and apply nothing.
 
@@ -62,7 +63,7 @@ impl BlockState {
             | (Queued, Processing)
             | (Processing, Validating)
             | (Validating, Completed)
-            | (Error, Queued) => true,
+            | (Processing | Validating | Error, Queued) => true,
             (from, Error | Canceled) => !from.is_terminal() && from != to,
             _ => false,
         }
@@ -146,10 +147,14 @@ mod tests {
     }
 
     #[test]
-    fn backwards_moves_are_rejected_except_retry() {
-        assert!(!Processing.can_become(Queued));
-        assert!(!Completed.can_become(Queued));
+    fn backwards_moves_are_rejected_except_requeueing() {
+        assert!(Processing.can_become(Queued));
+        assert!(Validating.can_become(Queued));
         assert!(Error.can_become(Queued));
+        assert!(!Completed.can_become(Queued));
+        assert!(!Canceled.can_become(Queued));
+        assert!(!Validating.can_become(Processing));
+        assert!(!Queued.can_become(Claimed));
     }
 
     #[test]

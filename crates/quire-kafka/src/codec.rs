@@ -154,7 +154,12 @@ impl Codec {
                 Error::Decode(e.to_string())
             }
         })?;
-        apache_avro::from_value::<T>(&decoded.value).map_err(|e| Error::Decode(e.to_string()))
+        apache_avro::from_value::<T>(&decoded.value).map_err(|e| {
+            let id = i32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+            let written = decoded.name.as_ref().map(|n| n.fullname(None)).unwrap_or_else(|| "an unnamed schema".into());
+            let wanted = std::any::type_name::<T>().rsplit("::").next().unwrap_or("?");
+            Error::Decode(format!("wrong schema: value written with schema id {id} ({written}), which does not read as quire.{wanted}: {e}"))
+        })
     }
 }
 

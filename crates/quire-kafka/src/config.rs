@@ -3,6 +3,7 @@
 //! with an environment variable and a default, so `--help` documents them all.
 
 use clap::{Args, ValueEnum};
+use quire_core::retry::{self, RetrySchedule};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -61,9 +62,14 @@ pub struct KafkaArgs {
     #[arg(long, env = "QUIRE_TRANSACTION_TIMEOUT_MS", default_value_t = 60_000)]
     pub transaction_timeout_ms: u64,
 
-    /// Address of the Prometheus endpoint (empty: none).
+    /// Address of the HTTP endpoint serving /metrics and /health/* (empty: none).
     #[arg(long, env = "QUIRE_METRICS_ADDR", default_value = "")]
     pub metrics_addr: String,
+
+    /// Delays of successive retries of a failed block, in ms, comma-separated; each has
+    /// its own retry topic `<topic>-retry-<ms>`. Their count bounds the retries.
+    #[arg(long, env = "QUIRE_RETRY_DELAYS_MS", default_value = quire_core::retry::DEFAULT_RETRY_DELAYS_MS)]
+    pub retry_delays_ms: String,
 }
 
 impl KafkaArgs {
@@ -76,8 +82,14 @@ impl KafkaArgs {
         (self.transaction_timeout_ms / 2).max(1_000)
     }
 
+    /// The retry schedule (checked by [`KafkaArgs::validate`]).
+    pub fn retry_schedule(&self) -> RetrySchedule {
+        RetrySchedule::parse(&self.retry_delays_ms).unwrap_or_default()
+    }
+
     /// Checks rules that involve more than one field.
     pub fn validate(&self) -> Result<(), String> {
+        RetrySchedule::parse(&self.retry_delays_ms).map_err(|e| format!("retry_delays_ms: {e}"))?;
         if self.max_batch == 0 {
             return Err("max_batch must be at least 1".into());
         }
@@ -149,9 +161,14 @@ impl TopicNames {
     pub fn quarantine(&self) -> String {
         self.topic("quarantine")
     }
-    /// The dead-letter topic of `topic` (Spring ≥ 3.3 naming).
+    /// The dead-letter topic of `topic` (Spring ≥ 3.3 naming); a retry topic's records
+    /// go to its main topic's.
     pub fn dead_letter(topic: &str) -> String {
-        format!("{topic}-dlt")
+        format!("{}-dlt", retry::base_topic(topic))
+    }
+    /// The retry topics of `topic`, one per delay of `schedule`.
+    pub fn retries(topic: &str, schedule: &RetrySchedule) -> Vec<String> {
+        schedule.delays().iter().map(|d| retry::retry_topic(topic, *d)).collect()
     }
     /// The consumer group of a stage.
     pub fn group(&self, stage: &str) -> String {
@@ -170,6 +187,8 @@ mod tests {
         assert!(args.message_timeout_ms() < args.transaction_timeout_ms);
         args.commit_interval_ms = args.transaction_timeout_ms;
         assert!(args.validate().unwrap_err().contains("commit_interval_ms"));
+        let args = KafkaArgs { retry_delays_ms: "30000,5000".into(), ..KafkaArgs::default() };
+        assert!(args.validate().unwrap_err().contains("retry_delays_ms"));
     }
 
     #[test]
@@ -178,5 +197,8 @@ mod tests {
         assert_eq!(names.queued(), "t1.blocks.queued");
         assert_eq!(TopicNames::dead_letter(&names.queued()), "t1.blocks.queued-dlt");
         assert_eq!(names.group("claimer"), "t1-claimer");
+        let retries = TopicNames::retries(&names.queued(), &RetrySchedule::parse("100,2000").unwrap());
+        assert_eq!(retries, ["t1.blocks.queued-retry-100", "t1.blocks.queued-retry-2000"]);
+        assert_eq!(TopicNames::dead_letter(&retries[1]), "t1.blocks.queued-dlt");
     }
 }

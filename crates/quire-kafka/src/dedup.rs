@@ -1,8 +1,9 @@
 //! The keys a stage has already written, rebuilt from the stage's own output.
 //!
-//! Every effect a stage writes carries its dedup key (a block id, or topic/partition/
-//! offset for a record that could not be read) as the Kafka key of a record on one of
-//! the stage's output topics. Reading those topics back the way downstream consumers
+//! Every record of an effect carries the effect's dedup key in its `quire-dedup-key`
+//! header (a block id, a block id with its generation and attempt, or topic/partition/
+//! offset for a record that could not be read), and at least one is on one of the
+//! stage's output topics. Reading those topics back the way downstream consumers
 //! read them (`read_committed`) therefore tells exactly which effects downstream can
 //! see: on a broker that leaks records of aborted transactions, a leaked write counts as
 //! done and is not written again; on a broker that hides them, it is redone. The index
@@ -10,6 +11,7 @@
 
 use crate::reader::TopicReader;
 use crate::{config::KafkaArgs, Result};
+use rdkafka::message::Headers as _;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -59,12 +61,20 @@ impl DedupIndex {
             let next_offsets = &mut self.next_offsets;
             let seen = &mut self.seen;
             read += reader.read_to_end(topic, |p| starts.get(&p).copied(), deadline.saturating_duration_since(Instant::now()), |message| {
-                if let Some(key) = message.key() {
-                    seen.insert(String::from_utf8_lossy(key).into_owned());
+                if let Some(key) = dedup_key(message) {
+                    seen.insert(key);
                 }
                 next_offsets.insert((topic.clone(), message.partition()), message.offset() + 1);
             })?;
         }
         Ok(read)
     }
+}
+
+/// A record's dedup key: its `quire-dedup-key` header, else its Kafka key.
+fn dedup_key<M: Message>(message: &M) -> Option<String> {
+    let header = message.headers().and_then(|headers| {
+        headers.iter().find(|h| h.key == crate::headers::DEDUP_KEY).and_then(|h| h.value.map(<[u8]>::to_vec))
+    });
+    header.or_else(|| message.key().map(<[u8]>::to_vec)).map(|k| String::from_utf8_lossy(&k).into_owned())
 }

@@ -9,6 +9,19 @@ use quire_core::Failure;
 pub const IDEMPOTENCY_KEY: &str = "quire-idempotency-key";
 pub const REQUEST_ID: &str = "quire-request-id";
 pub const DATASET_ID: &str = "quire-dataset-id";
+/// The dedup key of the effect a record belongs to, when it is not the record's key.
+pub const DEDUP_KEY: &str = "quire-dedup-key";
+/// When the block first failed (8-byte big-endian epoch ms), carried through retries.
+pub const FIRST_FAILED_AT: &str = "quire-first-failed-at";
+/// W3C trace context (OpenTelemetry messaging conventions).
+pub const TRACEPARENT: &str = "traceparent";
+pub const TRACESTATE: &str = "tracestate";
+
+/// Spring Kafka's retry-topic headers (RetryTopicHeaders): attempts so far as a 4-byte
+/// big-endian int; due time and first record's time as Java `BigInteger` bytes.
+pub const RETRY_ATTEMPTS: &str = "retry_topic-attempts";
+pub const RETRY_BACKOFF_TIMESTAMP: &str = "retry_topic-backoff-timestamp";
+pub const RETRY_ORIGINAL_TIMESTAMP: &str = "retry_topic-original-timestamp";
 
 pub const DLT_ORIGINAL_TOPIC: &str = "kafka_dlt-original-topic";
 pub const DLT_ORIGINAL_PARTITION: &str = "kafka_dlt-original-partition";
@@ -84,7 +97,62 @@ pub fn read_dead_letter(headers: &Headers) -> Result<(DltOrigin, Failure), Strin
 
 /// The value of header `name`, as UTF-8.
 pub fn text_header(headers: &Headers, name: &str) -> Option<String> {
-    headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok())
+    header(headers, name).and_then(|v| String::from_utf8(v.to_vec()).ok())
+}
+
+/// The raw value of the last header called `name`.
+pub fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a [u8]> {
+    headers.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+}
+
+/// Sets header `name`, replacing any earlier value.
+pub fn set_header(headers: &mut Headers, name: &str, value: Vec<u8>) {
+    headers.retain(|(n, _)| n != name);
+    headers.push((name.to_owned(), value));
+}
+
+/// A 4-byte big-endian int header.
+pub fn int_header(headers: &Headers, name: &str) -> Option<i32> {
+    header(headers, name).and_then(|v| v.try_into().ok()).map(i32::from_be_bytes)
+}
+
+/// An 8-byte big-endian long header.
+pub fn long_header(headers: &Headers, name: &str) -> Option<i64> {
+    header(headers, name).and_then(|v| v.try_into().ok()).map(i64::from_be_bytes)
+}
+
+/// `value` as Java's `BigInteger.toByteArray()`: minimal two's complement, big-endian.
+pub fn big_integer_bytes(value: i64) -> Vec<u8> {
+    let bytes = value.to_be_bytes();
+    let mut start = 0;
+    while start < 7 {
+        let (b, next) = (bytes[start], bytes[start + 1]);
+        let redundant = (b == 0 && next & 0x80 == 0) || (b == 0xff && next & 0x80 != 0);
+        if !redundant {
+            break;
+        }
+        start += 1;
+    }
+    bytes[start..].to_vec()
+}
+
+/// Reads [`big_integer_bytes`] back (up to 8 bytes).
+pub fn big_integer_header(headers: &Headers, name: &str) -> Option<i64> {
+    let v = header(headers, name)?;
+    if v.is_empty() || v.len() > 8 {
+        return None;
+    }
+    let fill = if v[0] & 0x80 != 0 { 0xff } else { 0 };
+    let mut bytes = [fill; 8];
+    bytes[8 - v.len()..].copy_from_slice(v);
+    Some(i64::from_be_bytes(bytes))
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id(headers: &Headers) -> Option<String> {
+    let value = text_header(headers, TRACEPARENT)?;
+    let trace = value.split('-').nth(1)?;
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_owned())
 }
 
 #[cfg(test)]
@@ -110,6 +178,27 @@ mod tests {
         assert_eq!(read_origin, origin);
         assert_eq!(read_failure.reason, failure.reason);
         assert_eq!(read_failure.class, failure.class);
+    }
+
+    #[test]
+    fn big_integers_match_java() {
+        // BigInteger.valueOf(v).toByteArray() for these values.
+        assert_eq!(big_integer_bytes(0), vec![0]);
+        assert_eq!(big_integer_bytes(127), vec![0x7f]);
+        assert_eq!(big_integer_bytes(128), vec![0x00, 0x80]);
+        assert_eq!(big_integer_bytes(-1), vec![0xff]);
+        assert_eq!(big_integer_bytes(1_700_000_000_000), vec![0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00]);
+        for v in [0, 1, -1, 255, 256, -129, 1_700_000_000_000, i64::MAX, i64::MIN] {
+            let headers = vec![(RETRY_BACKOFF_TIMESTAMP.to_owned(), big_integer_bytes(v))];
+            assert_eq!(big_integer_header(&headers, RETRY_BACKOFF_TIMESTAMP), Some(v), "{v}");
+        }
+    }
+
+    #[test]
+    fn trace_ids_are_read_from_traceparent() {
+        let headers = vec![(TRACEPARENT.to_owned(), b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec())];
+        assert_eq!(trace_id(&headers).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(trace_id(&vec![(TRACEPARENT.to_owned(), b"garbage".to_vec())]), None);
     }
 
     #[test]

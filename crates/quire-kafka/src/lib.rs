@@ -7,15 +7,19 @@
 //! - [`headers`]: the record headers Quire writes (idempotency key, Spring DLT headers).
 //! - [`dedup`]: the set of keys a stage already wrote, rebuilt from its own output.
 //! - [`reader`]: reads whole topics to their end (dedup rebuild, verify, status).
+//! - [`operator`]: operator actions on blocks (replay, re-drive, cancel), one transaction each.
 //! - [`processor`]: the one consume → process → produce loop every stage runs in.
 //! - [`stages`]: the four pipeline stages (claimer, inference, validator, quarantine).
 //! - [`service`]: what every stage binary does around its stage (signals, start-up).
-//! - [`telemetry`]: JSON logs and the Prometheus endpoint.
+//! - [`telemetry`]: JSON logs, and every event a stage reports with its metric.
+//! - [`http`]: `/metrics` and `/health/*` on every service.
 
 pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod headers;
+pub mod http;
+pub mod operator;
 pub mod processor;
 pub mod reader;
 pub mod service;

@@ -15,6 +15,12 @@
 //! exactly-once on brokers that leak aborted writes and in `idempotent` mode, where no
 //! transactions are used and a crash replays the records after the last commit.
 //!
+//! A record may also wait: a record on a retry topic is not read before its
+//! `retry_topic-backoff-timestamp` (its partition is paused until then, Spring's way,
+//! so fresh records on other topics flow past it), and a stage that finds every
+//! engine's breaker open defers the record and pauses all its partitions until the first
+//! breaker half-opens. A paused partition resumes at the offset it stopped at.
+//!
 //! librdkafka's transactional calls block, so the loop runs on its own thread and enters
 //! the async runtime only to call [`Stage::process`].
 
@@ -91,8 +97,8 @@ pub struct OutputRecord {
 }
 
 /// The records one input causes under one dedup key. At least one of them must be on
-/// one of the stage's output topics with the dedup key as its Kafka key, so that the
-/// dedup index finds it again after a restart.
+/// one of the stage's output topics; the loop stamps the dedup key on every record
+/// (`quire-dedup-key`), so that the dedup index finds it again after a restart.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effect {
     pub dedup_key: String,
@@ -110,6 +116,10 @@ pub enum StageError {
     /// the loop dead-letters it under its position so the partition moves on.
     #[error("poison record: {0}")]
     Poison(Failure),
+    /// Not now (every engine's breaker is open): leave the record where it is and pause
+    /// every partition until `until`.
+    #[error("deferred: {reason}")]
+    Defer { until: Instant, reason: String },
 }
 
 /// What a stage knows about where it runs.
@@ -134,6 +144,18 @@ impl StageContext {
         })
     }
 
+    /// Where `input` came from, as the DLT headers say it.
+    pub fn origin(&self, input: &Input) -> DltOrigin {
+        DltOrigin {
+            topic: input.topic.clone(),
+            partition: input.partition,
+            offset: input.offset,
+            timestamp_ms: input.timestamp_ms,
+            timestamp_type: input.timestamp_type,
+            consumer_group: self.group.clone(),
+        }
+    }
+
     /// The effect of a record that cannot be processed at all: dead-lettered under its
     /// position (`topic/partition/offset`).
     pub fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
@@ -144,15 +166,12 @@ impl StageContext {
     /// The dead-letter record for `input`, which failed with `failure`: the original
     /// value unchanged, Spring's DLT headers, keyed by `dedup_key`.
     pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> OutputRecord {
-        let origin = DltOrigin {
-            topic: input.topic.clone(),
-            partition: input.partition,
-            offset: input.offset,
-            timestamp_ms: input.timestamp_ms,
-            timestamp_type: input.timestamp_type,
-            consumer_group: self.group.clone(),
-        };
-        let mut headers = headers::dead_letter_headers(&origin, failure);
+        let mut headers = headers::dead_letter_headers(&self.origin(input), failure);
+        for carried in [headers::TRACEPARENT, headers::TRACESTATE] {
+            if let Some(value) = headers::header(&input.headers, carried) {
+                headers.push((carried.to_owned(), value.to_vec()));
+            }
+        }
         headers.push((headers::IDEMPOTENCY_KEY.into(), dedup_key.as_bytes().to_vec()));
         events::dead_lettered(self.stage, &self.instance_id, dedup_key, failure);
         OutputRecord {
@@ -176,6 +195,11 @@ pub trait Stage: Send + 'static {
         Ok(())
     }
     async fn process(&mut self, input: &Input) -> std::result::Result<Vec<Effect>, StageError>;
+    /// Asked after each processed record: `Some(t)` pauses every partition until `t`
+    /// (a dependency is overloaded: back off).
+    fn backpressure_until(&mut self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Counts deliveries the broker refused, for the idempotent mode's commit decision.
@@ -240,6 +264,52 @@ struct Core {
     needs_catch_up: bool,
     fatal: Option<Error>,
     txn_timeout: Duration,
+    pauses: Pauses,
+}
+
+/// Partitions the loop paused: where each resumes reading (`None`: where the consumer
+/// is) and when.
+#[derive(Default)]
+struct Pauses {
+    partitions: HashMap<(String, i32), (Option<i64>, Instant)>,
+}
+
+impl Pauses {
+    /// Adds a pause; a partition paused twice resumes at the earlier offset, later.
+    fn add(&mut self, tp: (String, i32), offset: Option<i64>, until: Instant) {
+        let entry = self.partitions.entry(tp).or_insert((offset, until));
+        entry.0 = match (entry.0, offset) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        entry.1 = entry.1.max(until);
+    }
+
+    /// If `tp` is paused, makes it resume at `offset` or earlier and returns true.
+    fn resume_no_later_than(&mut self, tp: &(String, i32), offset: i64) -> bool {
+        match self.partitions.get_mut(tp) {
+            Some(paused) => {
+                paused.0 = Some(paused.0.map_or(offset, |o| o.min(offset)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Of an aborted batch's rewind offsets, keeps those of running partitions; paused
+    /// ones will resume at the rewind offset instead.
+    fn rewind(&mut self, to: HashMap<(String, i32), i64>) -> Vec<((String, i32), i64)> {
+        to.into_iter().filter(|(tp, offset)| !self.resume_no_later_than(tp, *offset)).collect()
+    }
+
+    /// Takes the pauses that are due at `now`.
+    fn take_due(&mut self, now: Instant) -> Vec<((String, i32), Option<i64>)> {
+        let due: Vec<_> = self.partitions.iter().filter(|(_, (_, until))| *until <= now).map(|(tp, (o, _))| (tp.clone(), *o)).collect();
+        for (tp, _) in &due {
+            self.partitions.remove(tp);
+        }
+        due
+    }
 }
 
 const FENCED_CODES: [RDKafkaErrorCode; 3] =
@@ -329,7 +399,9 @@ impl Core {
             }
             self.begin_if_needed()?;
             for record in &effect.records {
-                self.produce(record)?;
+                let mut record = record.clone();
+                headers::set_header(&mut record.headers, headers::DEDUP_KEY, effect.dedup_key.as_bytes().to_vec());
+                self.produce(&record)?;
             }
             self.batch.pending_keys.insert(effect.dedup_key);
         }
@@ -428,6 +500,75 @@ impl Core {
         consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
     }
 
+    /// Pauses `partitions` until `until`, each to resume at its offset.
+    fn pause<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        partitions: Vec<((String, i32), Option<i64>)>,
+        until: Instant,
+        reason: &str,
+    ) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in partitions {
+            list.add_partition(&topic, partition);
+            self.pauses.add((topic, partition), offset, until);
+        }
+        consumer.pause(&list)?;
+        events::partitions_paused(self.stage, list.count(), until.saturating_duration_since(Instant::now()), reason, self.pauses.partitions.len());
+        Ok(())
+    }
+
+    /// Leaves `input` unread and pauses its partition until `until`.
+    fn defer<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>, input: &Input, until: Instant, reason: &str) -> Result<()> {
+        self.pause(consumer, vec![((input.topic.clone(), input.partition), Some(input.offset))], until, reason)
+    }
+
+    /// Pauses every assigned partition until `until`; `input`, if any, is left unread.
+    fn pause_all<C: ConsumerContext>(
+        &mut self,
+        consumer: &BaseConsumer<C>,
+        input: Option<&Input>,
+        until: Instant,
+        reason: &str,
+    ) -> Result<()> {
+        let positions = consumer.position()?;
+        let mut partitions = Vec::new();
+        for element in consumer.assignment()?.elements() {
+            let tp = (element.topic().to_owned(), element.partition());
+            let offset = match input {
+                Some(input) if input.topic == tp.0 && input.partition == tp.1 => Some(input.offset),
+                _ => positions.find_partition(&tp.0, tp.1).and_then(|p| match p.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                }),
+            };
+            partitions.push((tp, offset));
+        }
+        self.pause(consumer, partitions, until, reason)
+    }
+
+    /// Resumes the partitions whose pause is over, each at its offset.
+    fn resume_due<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<()> {
+        let due = self.pauses.take_due(Instant::now());
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), _) in &due {
+            list.add_partition(topic, *partition);
+        }
+        consumer.resume(&list)?;
+        for ((topic, partition), offset) in &due {
+            if let Some(offset) = offset {
+                consumer
+                    .seek(topic, *partition, Offset::Offset(*offset), Duration::from_secs(10))
+                    .map_err(|e| Error::Other(format!("resume of {topic}/{partition} at {offset} failed: {e}")))?;
+            }
+        }
+        events::partitions_resumed(self.stage, due.len(), self.pauses.partitions.len());
+        Ok(())
+    }
+
     /// Abandons the batch: aborts its transaction, if any, and says where to rewind.
     /// If the abort itself fails, `fatal` is set: the loop must end.
     fn abort(&mut self, reason: &str) -> CommitOutcome {
@@ -486,15 +627,32 @@ impl ConsumerContext for LoopContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut core = self.core.lock().expect("loop state lock");
+        // Revoked partitions are read again from their committed offsets, where a
+        // deferred record is met (and deferred) again: no pause outlives a rebalance.
+        core.pauses = Pauses::default();
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions assigned");
-            self.core.lock().expect("loop state lock").needs_catch_up = true;
+            if let Err(e) = consumer.resume(partitions) {
+                tracing::warn!(error = %e, "could not resume newly assigned partitions");
+            }
+            core.needs_catch_up = true;
         }
     }
 }
 
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// When a record read from a retry topic is due, if that is still ahead.
+fn not_before(input: &Input) -> Option<Instant> {
+    if quire_core::retry::base_topic(&input.topic) == input.topic {
+        return None;
+    }
+    let due_ms = headers::big_integer_header(&input.headers, headers::RETRY_BACKOFF_TIMESTAMP)?;
+    let wait_ms = due_ms - quire_core::records::now_ms();
+    (wait_ms > 0).then(|| Instant::now() + Duration::from_millis(wait_ms as u64))
+}
 
 /// Runs `stage` until `shutdown` is cancelled (then commits the open batch and returns
 /// `Ok`) or a fatal error (returned: the process should exit).
@@ -549,6 +707,7 @@ fn run_blocking<S: Stage>(
         needs_catch_up: false,
         fatal: None,
         txn_timeout,
+        pauses: Pauses::default(),
     }));
     let consumer: BaseConsumer<LoopContext> = args
         .client_config()
@@ -589,6 +748,9 @@ fn run_blocking<S: Stage>(
         if let Some(fatal) = core.fatal.take() {
             break Err(fatal);
         }
+        if let Err(e) = core.resume_due(&consumer) {
+            break Err(e);
+        }
         if core.needs_catch_up {
             match core.dedup.catch_up(CATCH_UP_TIMEOUT) {
                 Ok(read) => {
@@ -607,11 +769,39 @@ fn run_blocking<S: Stage>(
             }
         };
         let mut rewind = None;
+        let mut input = input;
+        if let Some(waiting) = input.as_ref() {
+            let tp = (waiting.topic.clone(), waiting.partition);
+            let wait = if core.pauses.resume_no_later_than(&tp, waiting.offset) {
+                // Fetched before the pause: read again when the partition resumes.
+                Ok(true)
+            } else if let Some(until) = not_before(waiting) {
+                core.defer(&consumer, waiting, until, "retry not due yet").map(|_| true)
+            } else {
+                Ok(false)
+            };
+            match wait {
+                Ok(true) => input = None,
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            }
+        }
         if let Some(input) = input {
             let processed = match runtime.block_on(stage.process(&input)) {
                 Err(StageError::Poison(failure)) => Ok(vec![context.unreadable(&input, &failure)]),
+                Err(StageError::Defer { until, reason }) => {
+                    if let Err(e) = core.pause_all(&consumer, Some(&input), until, &reason) {
+                        break Err(e);
+                    }
+                    continue;
+                }
                 other => other,
             };
+            if let Some(until) = stage.backpressure_until() {
+                if let Err(e) = core.pause_all(&consumer, None, until, "backpressure") {
+                    break Err(e);
+                }
+            }
             core.batch.note_input(&input);
             let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(effects).map_err(|e| e.to_string()));
             match applied {
@@ -644,6 +834,8 @@ fn run_blocking<S: Stage>(
                 Err(e) => break Err(e),
             }
         }
+        // A paused partition is not sought now: it resumes at the batch start instead.
+        let rewind = rewind.map(|to| core.pauses.rewind(to));
         drop(core);
         if let Some(to) = rewind {
             // Going on past an aborted batch would commit offsets of lost effects.
@@ -685,6 +877,29 @@ mod tests {
         assert!(matches!(classify(&other), TxnFailure::Abortable(_)));
         assert!(classify(&other).into_fatal().is_none());
         assert!(TxnFailure::Stuck("x".into()).into_fatal().is_some());
+    }
+
+    #[test]
+    fn pauses_resume_at_the_earliest_offset_and_latest_time() {
+        let t0 = Instant::now();
+        let tp = |p: i32| ("t".to_owned(), p);
+        let mut pauses = Pauses::default();
+        pauses.add(tp(0), Some(7), t0 + Duration::from_secs(1));
+        pauses.add(tp(0), Some(9), t0 + Duration::from_secs(3));
+        pauses.add(tp(1), None, t0 + Duration::from_secs(1));
+        assert_eq!(pauses.partitions[&tp(0)], (Some(7), t0 + Duration::from_secs(3)));
+        // A record fetched before the pause, dropped: the partition resumes there.
+        assert!(pauses.resume_no_later_than(&tp(1), 4));
+        assert!(!pauses.resume_no_later_than(&tp(2), 4));
+        // An abort rewinds running partitions now, paused ones at resume.
+        let rewind = pauses.rewind(HashMap::from([(tp(0), 5), (tp(2), 1)]));
+        assert_eq!(rewind, vec![(tp(2), 1)]);
+        assert_eq!(pauses.partitions[&tp(0)].0, Some(5));
+        let mut due = pauses.take_due(t0 + Duration::from_secs(2));
+        due.sort();
+        assert_eq!(due, vec![(tp(1), Some(4))]);
+        assert_eq!(pauses.take_due(t0 + Duration::from_secs(3)), vec![(tp(0), Some(5))]);
+        assert!(pauses.partitions.is_empty());
     }
 
     #[test]

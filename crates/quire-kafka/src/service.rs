@@ -3,7 +3,8 @@
 
 use crate::processor::{self, Stage};
 use crate::topics::{register_schemas, TopicsFile};
-use crate::{telemetry, KafkaArgs};
+use crate::http::{self, Readiness};
+use crate::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
 /// A token cancelled on SIGTERM or SIGINT.
@@ -26,7 +27,7 @@ pub async fn register_all_schemas(args: &KafkaArgs) -> anyhow::Result<()> {
     let file = TopicsFile::load(None)?;
     // Schemas do not depend on the profile; any profile names the same topics.
     let profile = file.profiles.keys().next().cloned().unwrap_or_default();
-    let topics = file.desired(&profile, &args.topic_prefix)?;
+    let topics = file.desired(&profile, &args.topic_prefix, &args.retry_schedule())?;
     let codec = crate::Codec::new(&args.schema_registry_url)?;
     let ids = register_schemas(&codec, &topics).await?;
     tracing::info!(schemas = ids.len(), registry = codec.url(), "schemas registered");
@@ -36,9 +37,16 @@ pub async fn register_all_schemas(args: &KafkaArgs) -> anyhow::Result<()> {
 /// Runs one stage as a service until SIGTERM; an error means the process should exit
 /// non-zero (and be restarted).
 pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()> {
-    telemetry::init_metrics(&args.metrics_addr)?;
+    run_stage_with_routes(stage, args, axum::Router::new()).await
+}
+
+/// [`run_stage`], with the stage's own HTTP routes next to `/metrics` and `/health`.
+pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: axum::Router) -> anyhow::Result<()> {
+    let readiness = Readiness::default();
+    http::serve(&args.metrics_addr, routes, readiness.clone()).await?;
     register_all_schemas(&args).await?;
     let shutdown = shutdown_on_signals();
+    readiness.set(true);
     processor::run(stage, args, shutdown).await?;
     Ok(())
 }

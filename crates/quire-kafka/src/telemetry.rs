@@ -1,10 +1,9 @@
 //! Logs and metrics. Logs are JSON lines on stderr (fields: stage, instance_id, block and
-//! dataset ids, request_id where known); metrics are served for Prometheus.
+//! dataset ids, request_id where known); `http` serves the metrics for Prometheus.
 //!
 //! [`events`] is the one place that defines what a stage reports: each function writes
 //! one structured log line and bumps its metric, so the two never disagree.
 
-use std::net::SocketAddr;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON log subscriber (level from `RUST_LOG`, default `info`).
@@ -19,16 +18,6 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Serves `/metrics` on `addr` (an empty address serves nothing).
-pub fn init_metrics(addr: &str) -> anyhow::Result<()> {
-    if addr.is_empty() {
-        return Ok(());
-    }
-    let addr: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("metrics address {addr:?}: {e}"))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()?;
-    Ok(())
-}
-
 /// Metric names, in one place.
 pub mod names {
     pub const RECORDS: &str = "quire_stage_records_total";
@@ -38,6 +27,9 @@ pub mod names {
     pub const BATCHES_ABORTED: &str = "quire_stage_batches_aborted_total";
     pub const ILLEGAL_TRANSITIONS: &str = "quire_illegal_transitions_total";
     pub const QUARANTINED: &str = "quire_quarantined_total";
+    pub const RETRIES: &str = "quire_retries_total";
+    pub const PAUSED_PARTITIONS: &str = "quire_stage_paused_partitions";
+    pub const PAUSES: &str = "quire_stage_pauses_total";
 }
 
 /// Every event a stage reports.
@@ -80,8 +72,24 @@ pub mod events {
         tracing::debug!(stage, instance_id, block_id, dataset_id, request_id, to = %to, "block transition");
     }
 
-    pub fn quarantined(instance_id: &str, key: &str, failed_stage: &str, reason: &str) {
-        metrics::counter!(names::QUARANTINED, "failed_stage" => failed_stage.to_owned()).increment(1);
-        tracing::warn!(instance_id, dedup_key = key, failed_stage, reason, "record quarantined");
+    pub fn quarantined(instance_id: &str, key: &str, failed_stage: &str, class: &str, reason: &str) {
+        metrics::counter!(names::QUARANTINED, "failed_stage" => failed_stage.to_owned(), "class" => class.to_owned()).increment(1);
+        tracing::warn!(instance_id, key, failed_stage, class, reason, "record quarantined");
+    }
+
+    pub fn retry_scheduled(stage: &'static str, instance_id: &str, block_id: &str, failure: &Failure, retry: u32, delay: std::time::Duration) {
+        metrics::counter!(names::RETRIES, "stage" => stage, "class" => failure.class.as_str()).increment(1);
+        tracing::warn!(stage, instance_id, block_id, class = %failure.class, cause = failure.cause, reason = %failure.reason, retry, delay_ms = delay.as_millis() as u64, "block rescheduled for a retry");
+    }
+
+    pub fn partitions_paused(stage: &'static str, partitions: usize, for_how_long: std::time::Duration, reason: &str, paused_now: usize) {
+        metrics::counter!(names::PAUSES, "stage" => stage).increment(1);
+        metrics::gauge!(names::PAUSED_PARTITIONS, "stage" => stage).set(paused_now as f64);
+        tracing::info!(stage, partitions, pause_ms = for_how_long.as_millis() as u64, reason, "partitions paused");
+    }
+
+    pub fn partitions_resumed(stage: &'static str, partitions: usize, paused_now: usize) {
+        metrics::gauge!(names::PAUSED_PARTITIONS, "stage" => stage).set(paused_now as f64);
+        tracing::info!(stage, partitions, "partitions resumed");
     }
 }

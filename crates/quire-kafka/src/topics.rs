@@ -3,7 +3,9 @@
 //! drift for a person to decide on, because shrinking or recreating a topic loses data.
 
 use crate::codec::{schema_text, Codec};
-use crate::{config::KafkaArgs, Error, Result};
+use crate::config::{KafkaArgs, TopicNames};
+use crate::{Error, Result};
+use quire_core::retry::RetrySchedule;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde::Deserialize;
@@ -43,6 +45,10 @@ pub struct TopicSpec {
     pub partitions: i32,
     pub cleanup_policy: String,
     pub retention_ms: i64,
+    /// Whether the topic has retry topics, one per delay of the retry schedule
+    /// (`QUIRE_RETRY_DELAYS_MS`), declared like the topic itself.
+    #[serde(default)]
+    pub retry_topics: bool,
 }
 
 /// A topic as it should be on one cluster.
@@ -80,27 +86,32 @@ impl TopicsFile {
         }
     }
 
-    /// The topics for `profile`, named under `prefix`.
-    pub fn desired(&self, profile: &str, prefix: &str) -> Result<Vec<DesiredTopic>> {
+    /// The topics for `profile`, named under `prefix`, with the retry topics `retries`
+    /// calls for.
+    pub fn desired(&self, profile: &str, prefix: &str, retries: &RetrySchedule) -> Result<Vec<DesiredTopic>> {
         let settings = self.profiles.get(profile).ok_or_else(|| Error::Topics {
             path: "topics.yaml".into(),
             message: format!("no profile {profile:?} (have: {:?})", self.profiles.keys().collect::<Vec<_>>()),
         })?;
-        Ok(self
-            .topics
-            .iter()
-            .map(|t| DesiredTopic {
-                name: format!("{prefix}{}", &t.name["quire".len()..]),
-                partitions: settings.partitions.unwrap_or(t.partitions),
-                replication_factor: settings.replication_factor,
-                configs: BTreeMap::from([
-                    ("cleanup.policy", t.cleanup_policy.clone()),
-                    ("retention.ms", t.retention_ms.to_string()),
-                    ("min.insync.replicas", settings.min_insync_replicas.to_string()),
-                ]),
-                value_schema: t.value_schema.clone(),
-            })
-            .collect())
+        let mut desired = Vec::new();
+        for t in &self.topics {
+            let name = format!("{prefix}{}", &t.name["quire".len()..]);
+            let names = if t.retry_topics { TopicNames::retries(&name, retries) } else { Vec::new() };
+            for name in std::iter::once(name).chain(names) {
+                desired.push(DesiredTopic {
+                    name,
+                    partitions: settings.partitions.unwrap_or(t.partitions),
+                    replication_factor: settings.replication_factor,
+                    configs: BTreeMap::from([
+                        ("cleanup.policy", t.cleanup_policy.clone()),
+                        ("retention.ms", t.retention_ms.to_string()),
+                        ("min.insync.replicas", settings.min_insync_replicas.to_string()),
+                    ]),
+                    value_schema: t.value_schema.clone(),
+                });
+            }
+        }
+        Ok(desired)
     }
 }
 
@@ -201,10 +212,12 @@ mod tests {
     #[test]
     fn the_shipped_file_parses_and_names_follow_the_prefix() {
         let file = TopicsFile::load(None).unwrap();
-        let local = file.desired("local", "t9").unwrap();
+        let local = file.desired("local", "t9", &RetrySchedule::parse("100,200").unwrap()).unwrap();
         assert!(local.iter().all(|t| t.partitions == 3 && t.replication_factor == 1));
         assert!(local.iter().any(|t| t.name == "t9.blocks.completed" && t.value_schema.as_deref() == Some("ValidatedResult")));
-        let production = file.desired("production", "quire").unwrap();
+        let retry = local.iter().find(|t| t.name == "t9.blocks.queued-retry-200").expect("retry topics are declared");
+        assert_eq!(retry.value_schema.as_deref(), Some("Block"));
+        let production = file.desired("production", "quire", &RetrySchedule::default()).unwrap();
         assert!(production.iter().all(|t| t.replication_factor == 3 && t.configs["min.insync.replicas"] == "2"));
     }
 
@@ -214,6 +227,6 @@ mod tests {
         assert!(err.contains("extra"), "{err}");
         let bad = "profiles: {}\ntopics:\n- {name: quire.a, value_schema: Nope, partitions: 1, cleanup_policy: delete, retention_ms: 1}\n";
         assert!(TopicsFile::parse(bad, "x.yaml").unwrap_err().to_string().contains("Nope"));
-        assert!(TopicsFile::load(None).unwrap().desired("staging", "quire").is_err());
+        assert!(TopicsFile::load(None).unwrap().desired("staging", "quire", &RetrySchedule::default()).is_err());
     }
 }

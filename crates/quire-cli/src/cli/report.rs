@@ -4,7 +4,7 @@
 //! Expected blocks are recomputed from the ingest topic with the claimer's own
 //! splitting, so the count does not trust any stage's output.
 
-use quire_core::records::{DatasetSubmission, QuarantineRecord, StateChange};
+use quire_core::records::{DatasetSubmission, QuarantineRecord, StateChange, QUARANTINED};
 use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
 use quire_kafka::reader::TopicReader;
@@ -47,7 +47,10 @@ pub struct DatasetReport {
     pub blocks_expected: usize,
     pub completed_once: usize,
     pub completed_more_than_once: usize,
+    /// Blocks waiting in quarantine (not those replayed since).
     pub quarantined: usize,
+    /// Blocks whose dataset was canceled before they completed.
+    pub canceled: usize,
     /// Records of the dataset quarantined before they became blocks (unreadable, empty).
     pub documents_quarantined: usize,
     pub missing: usize,
@@ -67,6 +70,7 @@ impl DatasetReport {
         println!("completed once             {}", self.completed_once);
         println!("completed more than once   {}", self.completed_more_than_once);
         println!("quarantined                {}", self.quarantined);
+        println!("canceled                   {}", self.canceled);
         println!("documents quarantined      {}", self.documents_quarantined);
         println!("missing                    {}", self.missing);
         for (state, count) in &self.states {
@@ -77,13 +81,45 @@ impl DatasetReport {
 
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A record as (key, value).
+pub type KeyValue = (Option<String>, Option<Vec<u8>>);
+
 /// Reads all of `topic` as (key, value) pairs.
-pub fn read_all(reader: &TopicReader, topic: &str) -> anyhow::Result<Vec<(Option<String>, Option<Vec<u8>>)>> {
+pub fn read_all(reader: &TopicReader, topic: &str) -> anyhow::Result<Vec<KeyValue>> {
     let mut records = Vec::new();
     reader.read_to_end(topic, |_| None, READ_TIMEOUT, |m| {
         records.push((m.key().map(|k| String::from_utf8_lossy(k).into_owned()), m.payload().map(<[u8]>::to_vec)));
     })?;
     Ok(records)
+}
+
+/// The latest state of each block that `wanted`, from the audit topic's records in
+/// order (one block's events share a partition, so their order is the order written).
+pub async fn latest_states(
+    codec: &Codec,
+    events: &[KeyValue],
+    wanted: impl Fn(&str) -> bool,
+) -> HashMap<String, BlockState> {
+    let mut latest = HashMap::new();
+    for (key, value) in events {
+        if !key.as_deref().is_some_and(&wanted) {
+            continue;
+        }
+        let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await else { continue };
+        latest.insert(change.block_id, change.to_state);
+    }
+    latest
+}
+
+/// The latest quarantine record per key (the compacted topic's view).
+pub async fn latest_quarantine(codec: &Codec, records: &[KeyValue]) -> HashMap<String, QuarantineRecord> {
+    let mut latest = HashMap::new();
+    for (_, value) in records {
+        if let Ok(record) = codec.decode::<QuarantineRecord>(value.as_deref()).await {
+            latest.insert(record.key.clone(), record);
+        }
+    }
+    latest
 }
 
 /// Builds the report for one dataset.
@@ -122,8 +158,10 @@ pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: u
 
     let mut quarantined = HashSet::new();
     let mut documents_quarantined = 0;
-    for (_, value) in &quarantine {
-        let Ok(record) = codec.decode::<QuarantineRecord>(value.as_deref()).await else { continue };
+    for record in latest_quarantine(&codec, &quarantine).await.into_values() {
+        if record.status != QUARANTINED {
+            continue;
+        }
         match record.block_id {
             Some(block_id) if expected.contains(&block_id) => {
                 quarantined.insert(block_id);
@@ -133,25 +171,18 @@ pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: u
         }
     }
 
-    let mut latest: HashMap<String, (i64, BlockState)> = HashMap::new();
-    for (key, value) in &events {
-        if !key.as_deref().is_some_and(|k| expected.contains(k)) {
-            continue;
-        }
-        let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await else { continue };
-        let rank = |s: BlockState| quire_core::state::HAPPY_PATH.iter().position(|h| *h == s).unwrap_or(usize::MAX);
-        let entry = latest.entry(change.block_id.clone()).or_insert((change.at_ms, change.to_state));
-        if rank(change.to_state) >= rank(entry.1) {
-            *entry = (change.at_ms, change.to_state);
-        }
-    }
+    let latest = latest_states(&codec, &events, |id| expected.contains(id)).await;
     let mut states = BTreeMap::new();
-    for (_, state) in latest.values() {
+    for state in latest.values() {
         *states.entry(state.to_string()).or_default() += 1;
     }
+    let canceled: HashSet<&str> = latest.iter().filter(|(_, s)| **s == BlockState::Canceled).map(|(id, _)| id.as_str()).collect();
 
     let completed_ids: HashSet<&str> = completions.keys().copied().collect();
-    let missing = expected.iter().filter(|id| !completed_ids.contains(id.as_str()) && !quarantined.contains(*id)).count();
+    let missing = expected
+        .iter()
+        .filter(|id| !completed_ids.contains(id.as_str()) && !quarantined.contains(*id) && !canceled.contains(id.as_str()))
+        .count();
     Ok(DatasetReport {
         dataset: dataset.to_owned(),
         documents: documents.len(),
@@ -159,6 +190,7 @@ pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: u
         completed_once: completions.values().filter(|&&n| n == 1).count(),
         completed_more_than_once: completions.values().filter(|&&n| n > 1).count(),
         quarantined: quarantined.len(),
+        canceled: canceled.len(),
         documents_quarantined,
         missing,
         states,

@@ -35,7 +35,7 @@ pub async fn run(command: TopicsCommand) -> anyhow::Result<ExitCode> {
 /// Applies the topics file and registers the schemas; prints what it did.
 pub async fn apply_topics(args: &ApplyArgs) -> anyhow::Result<()> {
     let file = TopicsFile::load(args.file.as_deref())?;
-    let desired = file.desired(&args.profile, &args.kafka.topic_prefix)?;
+    let desired = file.desired(&args.profile, &args.kafka.topic_prefix, &args.kafka.retry_schedule())?;
     let report = apply(&args.kafka, &desired, args.dry_run).await?;
     let verb = if args.dry_run { "would create" } else { "created" };
     for name in &report.created {

@@ -41,6 +41,7 @@ pub fn blocks_of(submission: &DatasetSubmission, max_block_chars: usize, now: i6
                 target_language: submission.target_language.clone(),
                 task: submission.task.clone(),
                 attempt: 0,
+                generation: 0,
                 idempotency_key: key,
                 state: BlockState::Queued,
                 request_id: submission.request_id.clone(),

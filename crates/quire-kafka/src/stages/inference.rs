@@ -1,37 +1,50 @@
-//! Inference: runs each queued block through the engine, with a timeout. A block the
-//! engine cannot process is dead-lettered with the engine's reason.
+//! Inference: runs each queued block through its task's engine chain.
+//!
+//! What a failed block calls for follows its class (see `quire_core::failure`): bad data
+//! is dead-lettered at once; transient, overload and model failures are rescheduled on
+//! the retry topic of the next attempt (overload also slows the stage down for a while)
+//! until the schedule is spent, then the block is closed into ERROR; when every engine's
+//! breaker is open the block is left where it is and the stage pauses until the first
+//! breaker half-opens. Retry topics are inputs too: the loop holds each of their
+//! records back until it is due.
 
-use super::{block_headers, decode_failure, BlockRef};
+use super::{block_headers, block_key, decode_failure, BlockRef};
+use crate::config::TopicNames;
 use crate::processor::{Effect, Input, Stage, StageContext, StageError};
-use quire_core::engine::Engine;
-use quire_core::records::{now_ms, output_checksum, Block, InferenceResult};
-use quire_core::{BlockState, Failure};
+use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
+use quire_core::retry::RetrySchedule;
+use quire_core::{BlockState, ErrorClass};
+use quire_engines::Engines;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long the stage pauses after an overloaded engine, at first and at most.
+const BACKPRESSURE_FIRST: Duration = Duration::from_millis(500);
+const BACKPRESSURE_MAX: Duration = Duration::from_secs(30);
+
 pub struct Inference {
     context: StageContext,
-    engine: Arc<dyn Engine>,
-    timeout: Duration,
+    engines: Arc<Engines>,
+    retries: RetrySchedule,
+    /// Current backpressure pause (doubles while overload lasts) and when it ends.
+    backpressure: Option<(Duration, Instant)>,
+    pending_backpressure: Option<Instant>,
 }
 
 impl Inference {
-    pub fn new(context: StageContext, engine: Arc<dyn Engine>, timeout: Duration) -> Self {
-        Inference { context, engine, timeout }
+    pub fn new(context: StageContext, engines: Arc<Engines>, retries: RetrySchedule) -> Self {
+        Inference { context, engines, retries, backpressure: None, pending_backpressure: None }
     }
 
-    async fn infer(&self, block: &Block) -> Result<quire_core::engine::Inference, Failure> {
-        let engine = self.engine.clone();
-        let owned = block.clone();
-        let job = tokio::task::spawn_blocking(move || engine.infer(&owned));
-        match tokio::time::timeout(self.timeout, job).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(Failure::transient("engine-panicked", format!("engine {} panicked: {panic}", self.engine.name()))),
-            Err(_) => Err(Failure::transient(
-                "engine-timeout",
-                format!("engine {} took longer than {:?} on block {}", self.engine.name(), self.timeout, block.block_id),
-            )),
-        }
+    /// Notes an overloaded dependency: the next pause is twice the last, capped.
+    fn overloaded(&mut self) {
+        let pause = match self.backpressure {
+            Some((last, _)) => (last * 2).min(BACKPRESSURE_MAX),
+            None => BACKPRESSURE_FIRST,
+        };
+        let until = Instant::now() + pause;
+        self.backpressure = Some((pause, until));
+        self.pending_backpressure = Some(until);
     }
 }
 
@@ -41,12 +54,21 @@ impl Stage for Inference {
     }
 
     fn input_topics(&self) -> Vec<String> {
-        vec![self.context.names.queued()]
+        let queued = self.context.names.queued();
+        let mut topics = TopicNames::retries(&queued, &self.retries);
+        topics.insert(0, queued);
+        topics
     }
 
     fn output_topics(&self) -> Vec<String> {
         let queued = self.context.names.queued();
-        vec![self.context.names.results(), crate::config::TopicNames::dead_letter(&queued)]
+        let mut topics = TopicNames::retries(&queued, &self.retries);
+        topics.extend([self.context.names.results(), TopicNames::dead_letter(&queued)]);
+        topics
+    }
+
+    fn backpressure_until(&mut self) -> Option<Instant> {
+        self.pending_backpressure.take()
     }
 
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
@@ -58,34 +80,61 @@ impl Stage for Inference {
         let block_ref = BlockRef::from(&block);
         let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Processing], None).await? {
             Ok(records) => records,
-            Err(failure) => return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]),
+            Err(failure) => return Ok(vec![ctx.block_failed(input, &block, block.state, &failure).await?]),
         };
         let started = Instant::now();
-        let inference = match self.infer(&block).await {
-            Ok(inference) => inference,
-            Err(failure) => {
-                let mut effect = ctx.block_failed(input, &block_ref, BlockState::Processing, &failure).await?;
+        let output = match self.engines.run(&block).await {
+            Ok(output) => {
+                if self.backpressure.is_some_and(|(_, until)| Instant::now() >= until) {
+                    self.backpressure = None;
+                }
+                output
+            }
+            Err(chain) if chain.resume_at.is_some() => {
+                // Every engine refused: nothing was written, the record is read again later.
+                let until = chain.resume_at.expect("checked");
+                return Err(StageError::Defer { until, reason: chain.failure.reason });
+            }
+            Err(chain) => {
+                if chain.failure.class == ErrorClass::Resource {
+                    self.overloaded();
+                }
+                let ctx = &self.context;
+                let mut effect = ctx.retry_or_fail(input, &block, BlockState::Processing, &chain.failure, &self.retries).await?;
                 records.append(&mut effect.records);
                 effect.records = records;
                 return Ok(vec![effect]);
             }
         };
+        let ctx = &self.context;
         match ctx.transitions(&block_ref, &[BlockState::Processing, BlockState::Validating], None).await? {
             Ok(mut more) => records.append(&mut more),
-            Err(failure) => return Ok(vec![ctx.block_failed(input, &block_ref, BlockState::Processing, &failure).await?]),
+            Err(failure) => return Ok(vec![ctx.block_failed(input, &block, BlockState::Processing, &failure).await?]),
         }
         let now = now_ms();
+        let primary = output.primary.inference;
         let result = InferenceResult {
-            output_checksum: output_checksum(&block.checksum, &inference.label, inference.confidence),
-            engine: self.engine.name().to_owned(),
-            label: inference.label,
-            confidence: inference.confidence,
+            output_checksum: output_checksum(&block.checksum, &primary.label, primary.confidence, primary.text.as_deref()),
+            engine: output.primary.engine,
+            label: primary.label,
+            confidence: primary.confidence,
+            output_text: primary.text,
             latency_ms: started.elapsed().as_millis() as i64,
             inferred_at_ms: now,
+            alternatives: output
+                .alternatives
+                .into_iter()
+                .map(|p| EngineOutput {
+                    engine: p.engine,
+                    label: p.inference.label,
+                    confidence: p.inference.confidence,
+                    output_text: p.inference.text,
+                })
+                .collect(),
             block: Block { state: BlockState::Validating, updated_at_ms: now, ..block.clone() },
         };
         let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         records.push(ctx.encode(&ctx.names.results(), &block.block_id, &result, headers).await?);
-        Ok(vec![Effect { dedup_key: block.block_id.clone(), records }])
+        Ok(vec![Effect { dedup_key: block_key(&block), records }])
     }
 }

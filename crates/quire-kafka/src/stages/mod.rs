@@ -1,6 +1,12 @@
 //! The four stages. Each decodes its input, moves blocks through the state machine in
 //! `quire-core`, and returns effects; bad records become dead-letter effects with the
 //! reason named, so they never stall a partition.
+//!
+//! Dedup keys say what may happen once: a block's output at a stage once per generation
+//! ([`block_key`]; the validator's once ever), each retry of a generation once
+//! ([`retry_key`]), its failure once per generation ([`failure_key`]). A replay or
+//! re-drive starts a new generation, so the block may go through the stages again, but
+//! never into the output twice.
 
 pub mod claimer;
 pub mod inference;
@@ -11,7 +17,8 @@ use crate::headers::{self, Headers};
 use crate::processor::{Effect, Input, OutputRecord, StageContext, StageError};
 use crate::telemetry::events;
 use crate::Error;
-use quire_core::records::{now_ms, StateChange};
+use quire_core::records::{now_ms, Block, StateChange};
+use quire_core::retry::{self, RetryDecision, RetrySchedule};
 use quire_core::{state, BlockState, Failure};
 use serde::Serialize;
 
@@ -39,6 +46,24 @@ fn block_headers(idempotency_key: &str, request_id: &str, dataset_id: &str) -> H
         (headers::REQUEST_ID.into(), request_id.as_bytes().to_vec()),
         (headers::DATASET_ID.into(), dataset_id.as_bytes().to_vec()),
     ]
+}
+
+/// The dedup key of a block's output at a stage, for its generation.
+pub fn block_key(block: &Block) -> String {
+    match block.generation {
+        0 => block.block_id.clone(),
+        g => format!("{}#g{g}", block.block_id),
+    }
+}
+
+/// The dedup key of retry number `retry` of a block's generation.
+pub fn retry_key(block: &Block, retry: u32) -> String {
+    format!("{}#g{}@retry{retry}", block.block_id, block.generation)
+}
+
+/// The dedup key of a block generation's terminal failure.
+pub fn failure_key(block: &Block) -> String {
+    format!("{}#g{}@failed", block.block_id, block.generation)
 }
 
 /// Identity of the block whose transitions a stage records.
@@ -98,25 +123,74 @@ impl StageContext {
         Ok(Ok(records))
     }
 
-    /// The effect of a block that failed in this stage: its ERROR transition (when the
-    /// machine allows it) and the dead-letter record, keyed by the block id.
-    async fn block_failed(
-        &self,
-        input: &Input,
-        block: &BlockRef<'_>,
-        from: BlockState,
-        failure: &Failure,
-    ) -> Result<Effect, StageError> {
+    /// The effect of a block that failed in this stage for good: its ERROR transition
+    /// (when the machine allows it) and the dead-letter record (Kafka key: the block id),
+    /// under the generation's [`failure_key`].
+    async fn block_failed(&self, input: &Input, block: &Block, from: BlockState, failure: &Failure) -> Result<Effect, StageError> {
+        let block_ref = BlockRef::from(block);
         // A block already in a terminal state cannot fail again; it is only dead-lettered.
         let mut records = if from.can_become(BlockState::Error) {
-            self.transitions(block, &[from, BlockState::Error], Some(&failure.reason)).await?.unwrap_or_default()
+            self.transitions(&block_ref, &[from, BlockState::Error], Some(&failure.reason)).await?.unwrap_or_default()
         } else {
             Vec::new()
         };
-        let mut dead = self.dead_letter(input, failure, block.block_id);
-        dead.headers.push((headers::DATASET_ID.into(), block.dataset_id.as_bytes().to_vec()));
+        let dedup_key = failure_key(block);
+        let mut dead = self.dead_letter(input, failure, &dedup_key);
+        dead.key = block.block_id.clone();
+        headers::set_header(&mut dead.headers, headers::DATASET_ID, block.dataset_id.as_bytes().to_vec());
+        headers::set_header(&mut dead.headers, headers::RETRY_ATTEMPTS, (block.attempt + 1).to_be_bytes().to_vec());
+        let first_failed = first_failed_at(input);
+        headers::set_header(&mut dead.headers, headers::FIRST_FAILED_AT, first_failed.to_be_bytes().to_vec());
         records.push(dead);
-        Ok(Effect { dedup_key: block.block_id.to_owned(), records })
+        Ok(Effect { dedup_key, records })
     }
+
+    /// The effect of a block that failed with `failure` while `from`: rescheduled on the
+    /// retry topic of its next attempt if the schedule allows, else closed into ERROR
+    /// and dead-lettered.
+    async fn retry_or_fail(
+        &self,
+        input: &Input,
+        block: &Block,
+        from: BlockState,
+        failure: &Failure,
+        schedule: &RetrySchedule,
+    ) -> Result<Effect, StageError> {
+        match schedule.decide(failure, block.attempt.max(0) as u32) {
+            RetryDecision::Quarantine => self.block_failed(input, block, from, failure).await,
+            RetryDecision::Exhausted { attempts } => {
+                let closed = Failure { reason: format!("gave up after {attempts} attempts: {}", failure.reason), ..failure.clone() };
+                self.block_failed(input, block, from, &closed).await
+            }
+            RetryDecision::RetryAfter { retry, delay } => {
+                let reason = format!("retry {retry}/{} in {} ms: {}", schedule.max_retries(), delay.as_millis(), failure.reason);
+                let mut records = match self.transitions(&BlockRef::from(block), &[from, BlockState::Queued], Some(&reason)).await? {
+                    Ok(records) => records,
+                    Err(illegal) => return self.block_failed(input, block, from, &illegal).await,
+                };
+                let now = now_ms();
+                let retried = Block { attempt: retry as i32, state: BlockState::Queued, updated_at_ms: now, ..block.clone() };
+                let topic = retry::retry_topic(retry::base_topic(&input.topic), delay);
+                let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
+                headers.extend(crate::headers::dead_letter_headers(&self.origin(input), failure));
+                headers::set_header(&mut headers, headers::RETRY_ATTEMPTS, (retry as i32).to_be_bytes().to_vec());
+                headers::set_header(&mut headers, headers::RETRY_BACKOFF_TIMESTAMP, headers::big_integer_bytes(now + delay.as_millis() as i64));
+                let original = headers::big_integer_header(&input.headers, headers::RETRY_ORIGINAL_TIMESTAMP).unwrap_or(input.timestamp_ms);
+                headers::set_header(&mut headers, headers::RETRY_ORIGINAL_TIMESTAMP, headers::big_integer_bytes(original));
+                headers::set_header(&mut headers, headers::FIRST_FAILED_AT, first_failed_at(input).to_be_bytes().to_vec());
+                if let Some(trace) = headers::header(&input.headers, headers::TRACEPARENT) {
+                    headers::set_header(&mut headers, headers::TRACEPARENT, trace.to_vec());
+                }
+                records.push(self.encode(&topic, &block.block_id, &retried, headers).await?);
+                events::retry_scheduled(self.stage, &self.instance_id, &block.block_id, failure, retry, delay);
+                Ok(Effect { dedup_key: retry_key(block, retry), records })
+            }
+        }
+    }
+}
+
+/// When the block of `input` first failed: carried by retry records, else now.
+fn first_failed_at(input: &Input) -> i64 {
+    headers::long_header(&input.headers, headers::FIRST_FAILED_AT).unwrap_or_else(now_ms)
 
 }

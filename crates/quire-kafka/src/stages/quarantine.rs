@@ -1,11 +1,13 @@
-//! Quarantine: consumes every dead-letter topic and records each failure, with its
-//! class and reason, on the quarantine topic. (Retries and replay come later.)
+//! Quarantine: consumes every dead-letter topic and keeps, per block, the latest
+//! failure on the compacted quarantine topic: class, cause, reason, stage, attempts,
+//! first and last failure time, origin, trace id and the original payload. `quire dlq`
+//! lists, shows and replays from there.
 
 use crate::config::TopicNames;
-use crate::headers::{read_dead_letter, text_header, DATASET_ID};
+use crate::headers::{self, read_dead_letter, text_header, DATASET_ID};
 use crate::processor::{Effect, Input, Stage, StageContext, StageError};
 use crate::telemetry::events;
-use quire_core::records::{now_ms, QuarantineRecord};
+use quire_core::records::{now_ms, QuarantineRecord, QUARANTINED};
 use quire_core::ErrorClass;
 
 pub struct Quarantine {
@@ -15,6 +17,12 @@ pub struct Quarantine {
 impl Quarantine {
     pub fn new(context: StageContext) -> Self {
         Quarantine { context }
+    }
+
+    /// The stage a consumer group belongs to (`quire-inference` → `inference`).
+    fn stage_of(&self, group: &str) -> String {
+        let prefix = format!("{}-", self.context.names.prefix);
+        group.strip_prefix(&prefix).unwrap_or(group).to_owned()
     }
 }
 
@@ -34,40 +42,52 @@ impl Stage for Quarantine {
 
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
-        let failed_key = input.key_str().unwrap_or_else(|| input.position_key());
-        let record = match read_dead_letter(&input.headers) {
-            Ok((origin, failure)) => QuarantineRecord {
-                key: failed_key.clone(),
-                dataset_id: text_header(&input.headers, DATASET_ID),
-                block_id: failed_key.starts_with("blk-").then(|| failed_key.clone()),
-                failed_stage: origin.consumer_group.clone(),
-                original_topic: origin.topic,
-                original_partition: origin.partition,
-                original_offset: origin.offset,
-                error_class: failure.class.as_str().to_owned(),
-                exception_fqcn: failure.class.fqcn().to_owned(),
-                reason: failure.reason,
-                instance_id: ctx.instance_id.clone(),
-                quarantined_at_ms: now_ms(),
-            },
-            Err(reason) => QuarantineRecord {
-                key: failed_key.clone(),
-                dataset_id: None,
-                block_id: None,
-                failed_stage: "unknown".into(),
-                original_topic: input.topic.clone(),
-                original_partition: input.partition,
-                original_offset: input.offset,
-                error_class: ErrorClass::Data.as_str().to_owned(),
-                exception_fqcn: ErrorClass::Data.fqcn().to_owned(),
-                reason: format!("dead-letter record without readable Spring DLT headers: {reason}"),
-                instance_id: ctx.instance_id.clone(),
-                quarantined_at_ms: now_ms(),
-            },
+        let key = input.key_str().unwrap_or_else(|| input.position_key());
+        let now = now_ms();
+        let mut record = QuarantineRecord {
+            key: key.clone(),
+            dataset_id: text_header(&input.headers, DATASET_ID),
+            block_id: key.starts_with("blk-").then(|| key.clone()),
+            original_topic: input.topic.clone(),
+            original_partition: input.partition,
+            original_offset: input.offset,
+            error_class: ErrorClass::Data.as_str().to_owned(),
+            exception_fqcn: ErrorClass::Data.fqcn().to_owned(),
+            reason: String::new(),
+            failed_stage: "unknown".into(),
+            instance_id: ctx.instance_id.clone(),
+            quarantined_at_ms: now,
+            cause: String::new(),
+            attempts: headers::int_header(&input.headers, headers::RETRY_ATTEMPTS).unwrap_or(1),
+            first_failed_at_ms: headers::long_header(&input.headers, headers::FIRST_FAILED_AT).unwrap_or(input.timestamp_ms),
+            last_failed_at_ms: input.timestamp_ms,
+            trace_id: headers::trace_id(&input.headers),
+            payload: input.payload.clone(),
+            status: QUARANTINED.into(),
+            replayed_at_ms: None,
+            replayed_by: None,
         };
-        let dedup_key = format!("{}|{}", record.original_topic, failed_key);
-        events::quarantined(&ctx.instance_id, &dedup_key, &record.failed_stage, &record.reason);
-        let output = ctx.encode(&ctx.names.quarantine(), &dedup_key, &record, input.headers.clone()).await?;
+        match read_dead_letter(&input.headers) {
+            Ok((origin, failure)) => {
+                record.failed_stage = self.stage_of(&origin.consumer_group);
+                record.original_topic = origin.topic;
+                record.original_partition = origin.partition;
+                record.original_offset = origin.offset;
+                record.error_class = failure.class.as_str().to_owned();
+                record.exception_fqcn = failure.class.fqcn().to_owned();
+                record.reason = failure.reason;
+                record.cause = text_header(&input.headers, headers::DLT_EXCEPTION_CAUSE_FQCN)
+                    .map(|c| c.trim_start_matches("quire.").to_owned())
+                    .unwrap_or_default();
+            }
+            Err(reason) => {
+                record.cause = "unreadable-dead-letter".into();
+                record.reason = format!("dead-letter record without readable Spring DLT headers: {reason}");
+            }
+        }
+        let dedup_key = text_header(&input.headers, headers::DEDUP_KEY).unwrap_or_else(|| input.position_key());
+        events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
+        let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
         Ok(vec![Effect { dedup_key, records: vec![output] }])
     }
 }

@@ -1,5 +1,7 @@
 //! The validator: re-checks each result against the output rules; valid results
 //! complete their block, invalid ones are dead-lettered with the broken rule named.
+//! Its dedup key is the bare block id whatever the generation: a block reaches the
+//! completed topic once, however often it was replayed.
 
 use super::{block_headers, decode_failure, BlockRef};
 use crate::processor::{Effect, Input, Stage, StageContext, StageError};
@@ -39,11 +41,11 @@ impl Stage for Validator {
         let block = &result.block;
         let block_ref = BlockRef::from(block);
         if let Err(failure) = rules::validate(&result) {
-            return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]);
+            return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?]);
         }
         let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Completed], None).await? {
             Ok(records) => records,
-            Err(failure) => return Ok(vec![ctx.block_failed(input, &block_ref, block.state, &failure).await?]),
+            Err(failure) => return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?]),
         };
         let validated = ValidatedResult {
             block_id: block.block_id.clone(),
@@ -55,6 +57,7 @@ impl Stage for Validator {
             engine: result.engine.clone(),
             label: result.label.clone(),
             confidence: result.confidence,
+            output_text: result.output_text.clone(),
             request_id: block.request_id.clone(),
             completed_at_ms: now_ms(),
         };
