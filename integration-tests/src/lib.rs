@@ -254,6 +254,24 @@ impl<'a> Pipeline<'a> {
         Pipeline { stack, prefix, env, services: Vec::new() }
     }
 
+    /// A pipeline whose inference runs the engines of `engines_yaml` (written to the
+    /// stack's directory), retrying after `retry_delays_ms`; every stage started.
+    pub fn with_engines(stack: &'a Stack, engines_yaml: &str, retry_delays_ms: &str) -> Self {
+        let path = stack.dir.path().join(format!("engines-{}.yaml", rand::random::<u32>()));
+        std::fs::write(&path, engines_yaml).expect("write engines config");
+        let path = path.to_string_lossy().into_owned();
+        let mut pipeline = Self::with_env(stack, "transactional", &[("QUIRE_ENGINES_CONFIG", &path), ("QUIRE_RETRY_DELAYS_MS", retry_delays_ms)]);
+        pipeline.start_all();
+        pipeline
+    }
+
+    /// Publishes a dataset (see [`write_dataset`]) for translation into French.
+    pub fn publish_translation(&self, name: &str, documents: usize, paragraphs: usize) {
+        let data = write_dataset(self.stack.dir.path(), name, documents, paragraphs);
+        let path = data.to_string_lossy().into_owned();
+        quire(&["publish", "--quiet", "--dataset", name, "--task", "translate", "--target-language", "fr", &path], &self.env).expect("publish");
+    }
+
     /// Starts every stage (instance 0).
     pub fn start_all(&mut self) {
         for name in STAGES {

@@ -12,11 +12,11 @@ use quire_kafka::config::TopicNames;
 use quire_kafka::Codec;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// An engines config with one `openai` engine per server, chained in that order.
-fn engines_config(stack: &Stack, servers: &[(&str, &ModelServer)], breaker: &str) -> PathBuf {
+/// A pipeline translating with one `openai` engine per server, chained in that order,
+/// retrying after `delays`.
+fn pipeline<'a>(stack: &'a Stack, servers: &[(&str, &ModelServer)], breaker: &str, delays: &str) -> Pipeline<'a> {
     let engines: String = servers
         .iter()
         .map(|(name, server)| format!("  - {{name: {name}, kind: openai, url: \"{}\", model: test-model}}\n", server.url))
@@ -26,24 +26,7 @@ fn engines_config(stack: &Stack, servers: &[(&str, &ModelServer)], breaker: &str
         "defaults:\n  timeout_ms: 2000\n  breaker: {breaker}\nengines:\n{engines}tasks:\n  translate:\n    strategy: first_success\n    engines: [{}]\n",
         names.join(", ")
     );
-    let path = stack.dir.path().join(format!("engines-{}.yaml", rand::random::<u16>()));
-    std::fs::write(&path, yaml).expect("write engines config");
-    path
-}
-
-/// A pipeline whose inference runs `config`, retrying after `delays`.
-fn pipeline<'a>(stack: &'a Stack, config: &Path, delays: &str) -> Pipeline<'a> {
-    let config = config.to_string_lossy().into_owned();
-    let mut pipeline = Pipeline::with_env(stack, "transactional", &[("QUIRE_ENGINES_CONFIG", &config), ("QUIRE_RETRY_DELAYS_MS", delays)]);
-    pipeline.start_all();
-    pipeline
-}
-
-/// Publishes a dataset for translation into French.
-fn publish_translation(pipeline: &Pipeline<'_>, name: &str, documents: usize, paragraphs: usize) {
-    let data = write_dataset(pipeline.stack.dir.path(), name, documents, paragraphs);
-    let path = data.to_string_lossy().into_owned();
-    quire(&["publish", "--quiet", "--dataset", name, "--task", "translate", "--target-language", "fr", &path], &pipeline.env).expect("publish");
+    Pipeline::with_engines(stack, &yaml, delays)
 }
 
 fn metric(pipeline: &mut Pipeline<'_>, service: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -66,9 +49,8 @@ fn transient_failures_are_retried_until_they_succeed() {
     let stack = Stack::start();
     let server = ModelServer::start(Behaviour::Healthy);
     server.fail_first(4);
-    let config = engines_config(&stack, &[("llm", &server)], "{failure_threshold: 100}");
-    let mut pipeline = pipeline(&stack, &config, "300,600,1200");
-    publish_translation(&pipeline, "flaky", 3, 2);
+    let mut pipeline = pipeline(&stack, &[("llm", &server)], "{failure_threshold: 100}", "300,600,1200");
+    pipeline.publish_translation("flaky", 3, 2);
     let report = assert_exactly_once(&pipeline, "flaky", 6);
 
     let completed: Vec<ValidatedResult> = read_decoded(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).completed(), &runtime);
@@ -87,9 +69,8 @@ fn exhausted_retries_close_the_block_into_error_and_quarantine_it() {
     let runtime = runtime();
     let stack = Stack::start();
     let server = ModelServer::start(Behaviour::Failing);
-    let config = engines_config(&stack, &[("llm", &server)], "{failure_threshold: 100}");
-    let pipeline = pipeline(&stack, &config, "200,400");
-    publish_translation(&pipeline, "doomed", 1, 2);
+    let pipeline = pipeline(&stack, &[("llm", &server)], "{failure_threshold: 100}", "200,400");
+    pipeline.publish_translation("doomed", 1, 2);
     let names = TopicNames::new(&pipeline.prefix);
     let blocks = eventually(WAIT, "blocks queued", || {
         let n = count_records(&stack, &pipeline.prefix, &names.queued());
@@ -123,9 +104,8 @@ fn garbage_output_falls_back_to_the_next_engine() {
     let stack = Stack::start();
     let garbage = ModelServer::start(Behaviour::Garbage);
     let backup = ModelServer::start(Behaviour::Healthy);
-    let config = engines_config(&stack, &[("primary", &garbage), ("backup", &backup)], "{failure_threshold: 100}");
-    let mut pipeline = pipeline(&stack, &config, "300,600");
-    publish_translation(&pipeline, "fallback", 2, 2);
+    let mut pipeline = pipeline(&stack, &[("primary", &garbage), ("backup", &backup)], "{failure_threshold: 100}", "300,600");
+    pipeline.publish_translation("fallback", 2, 2);
     assert_exactly_once(&pipeline, "fallback", 4);
     let completed: Vec<ValidatedResult> = read_decoded(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).completed(), &runtime);
     assert!(completed.iter().all(|r| r.engine == "backup"), "{completed:?}");
@@ -140,9 +120,8 @@ fn open_breaker_pauses_partitions_until_the_engine_recovers() {
     let stack = Stack::start();
     let server = ModelServer::start(Behaviour::Failing);
     let breaker = "{failure_threshold: 2, success_threshold: 1, open_ms: 2500, max_open_ms: 2500}";
-    let config = engines_config(&stack, &[("llm", &server)], breaker);
-    let mut pipeline = pipeline(&stack, &config, "1000,2000,4000");
-    publish_translation(&pipeline, "outage", 2, 3);
+    let mut pipeline = pipeline(&stack, &[("llm", &server)], breaker, "1000,2000,4000");
+    pipeline.publish_translation("outage", 2, 3);
     let port = pipeline.service("quire-inference").metrics_port.unwrap();
     let engines_url = format!("http://127.0.0.1:{port}/health/engines");
     let health = |url: &str| -> serde_json::Value { runtime.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() }) };

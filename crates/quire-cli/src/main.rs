@@ -3,7 +3,9 @@
 //! # Layout
 //! One command per file under `cli/`, each with an `Args` struct and a `run` function:
 //! `stack` (local broker and registry), `topics` (apply topics.yaml), `publish`,
-//! `status`/`verify` (in `report`), `demo` (the whole pipeline on a sample dataset).
+//! `status`/`verify` (in `report`), `dlq` (list, show, replay the quarantine), `redrive`
+//! and `cancel` (operator actions on blocks), `demo` (the whole pipeline on a sample
+//! dataset).
 
 mod cli;
 
@@ -31,6 +33,13 @@ enum Command {
     Status(cli::report::Args),
     /// Check a dataset for lost or duplicated blocks (exit code 1 if any).
     Verify(cli::report::VerifyArgs),
+    /// List, show and replay what is in quarantine.
+    #[command(subcommand)]
+    Dlq(cli::dlq::DlqCommand),
+    /// Put stuck or failed blocks back on the queue, through the state machine.
+    Redrive(cli::redrive::Args),
+    /// Cancel every not-yet-completed block of a dataset.
+    Cancel(cli::cancel::Args),
     /// Stack up, all services, a sample multilingual dataset through the pipeline, a summary.
     Demo(cli::demo::Args),
 }
@@ -47,6 +56,9 @@ async fn main() -> ExitCode {
         Command::Publish(args) => cli::publish::run(args).await,
         Command::Status(args) => cli::report::status(args).await,
         Command::Verify(args) => cli::report::verify(args).await,
+        Command::Dlq(command) => cli::dlq::run(command).await,
+        Command::Redrive(args) => cli::redrive::run(args).await,
+        Command::Cancel(args) => cli::cancel::run(args).await,
         Command::Demo(args) => cli::demo::run(args).await,
     };
     match result {

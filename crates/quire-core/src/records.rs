@@ -176,8 +176,24 @@ pub struct QuarantineRecord {
 
 /// Status of a quarantine record waiting for a person.
 pub const QUARANTINED: &str = "QUARANTINED";
-/// Status of a quarantine record sent back by `quire dlq replay`.
+/// Status of a quarantine record sent back by `quire dlq replay` or `quire redrive`.
 pub const REPLAYED: &str = "REPLAYED";
+/// Status of a quarantine record whose dataset was canceled.
+pub const CANCELED: &str = "CANCELED";
+
+/// An operator's decision about a whole dataset (`DatasetControl.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetControl {
+    pub dataset_id: String,
+    /// [`CANCEL`].
+    pub action: String,
+    pub requested_by: String,
+    pub requested_at_ms: i64,
+    pub reason: Option<String>,
+}
+
+/// The action of `quire cancel`.
+pub const CANCEL: &str = "CANCEL";
 
 fn one() -> i32 {
     1

@@ -161,6 +161,9 @@ impl TopicNames {
     pub fn quarantine(&self) -> String {
         self.topic("quarantine")
     }
+    pub fn control(&self) -> String {
+        self.topic("dataset-control")
+    }
     /// The dead-letter topic of `topic` (Spring ≥ 3.3 naming); a retry topic's records
     /// go to its main topic's.
     pub fn dead_letter(topic: &str) -> String {

@@ -1,6 +1,7 @@
 //! Quire's Kafka layer: everything that touches rdkafka or the schema registry.
 //!
 //! # Layout
+//! - [`cancel`]: the canceled datasets, followed from the control topic.
 //! - [`config`]: connection and delivery settings shared by every binary.
 //! - [`codec`]: Avro in the Confluent wire format, and schema registration.
 //! - [`topics`]: `topics.yaml` and the idempotent `topics apply`.
@@ -14,6 +15,7 @@
 //! - [`telemetry`]: JSON logs, and every event a stage reports with its metric.
 //! - [`http`]: `/metrics` and `/health/*` on every service.
 
+pub mod cancel;
 pub mod codec;
 pub mod config;
 pub mod dedup;

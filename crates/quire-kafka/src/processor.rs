@@ -24,6 +24,7 @@
 //! librdkafka's transactional calls block, so the loop runs on its own thread and enters
 //! the async runtime only to call [`Stage::process`].
 
+use crate::cancel::CanceledDatasets;
 use crate::config::{DeliveryMode, KafkaArgs, TopicNames};
 use crate::dedup::DedupIndex;
 use crate::headers::{self, DltOrigin, Headers};
@@ -130,12 +131,15 @@ pub struct StageContext {
     pub instance_id: String,
     pub names: TopicNames,
     pub codec: Codec,
+    pub canceled: CanceledDatasets,
 }
 
 impl StageContext {
     pub fn new(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
         let names = TopicNames::new(&args.topic_prefix);
+        let canceled = CanceledDatasets::follow(args, &names.control())?;
         Ok(StageContext {
+            canceled,
             stage,
             group: names.group(stage),
             instance_id: args.instance_id.clone(),

@@ -102,4 +102,27 @@ impl TopicReader {
         self.consumer.unassign()?;
         Ok(read)
     }
+
+    /// Follows `topic` from the beginning, calling `on_record` for each record, for as
+    /// long as `keep_going` says.
+    pub fn follow(
+        &self,
+        topic: &str,
+        mut on_record: impl FnMut(&BorrowedMessage<'_>),
+        keep_going: impl Fn() -> bool,
+    ) -> Result<()> {
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..self.partitions(topic)? {
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+        }
+        self.consumer.assign(&assignment)?;
+        while keep_going() {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => on_record(&message),
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+                Some(Err(e)) => tracing::warn!(topic, error = %e, "following a topic"),
+            }
+        }
+        Ok(())
+    }
 }

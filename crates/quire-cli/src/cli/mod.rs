@@ -1,5 +1,8 @@
+pub mod cancel;
 pub mod demo;
+pub mod dlq;
 pub mod publish;
+pub mod redrive;
 pub mod report;
 pub mod stack;
 pub mod topics;

@@ -81,6 +81,12 @@ impl Stage for Claimer {
             return Ok(vec![ctx.unreadable(input, &failure)]);
         }
         let mut effects = Vec::with_capacity(blocks.len());
+        if ctx.canceled.contains(&submission.dataset_id) {
+            for block in &blocks {
+                effects.push(ctx.block_canceled(input, block, BlockState::Pending, block.block_id.clone()).await?);
+            }
+            return Ok(effects);
+        }
         for block in blocks {
             let block_ref = BlockRef::from(&block);
             let path = [BlockState::Pending, BlockState::Claimed, BlockState::Queued];

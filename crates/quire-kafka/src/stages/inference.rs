@@ -77,6 +77,9 @@ impl Stage for Inference {
             Ok(block) => block,
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
+        if ctx.canceled.contains(&block.dataset_id) {
+            return Ok(vec![ctx.block_canceled(input, &block, block.state, block_key(&block)).await?]);
+        }
         let block_ref = BlockRef::from(&block);
         let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Processing], None).await? {
             Ok(records) => records,

@@ -123,6 +123,16 @@ impl StageContext {
         Ok(Ok(records))
     }
 
+    /// The effect of meeting a block of a canceled dataset: its `from → CANCELED` event
+    /// and nothing downstream, under `dedup_key` (the key its output would have had).
+    async fn block_canceled(&self, input: &Input, block: &Block, from: BlockState, dedup_key: String) -> Result<Effect, StageError> {
+        let reason = format!("dataset {} canceled", block.dataset_id);
+        match self.transitions(&BlockRef::from(block), &[from, BlockState::Canceled], Some(&reason)).await? {
+            Ok(records) => Ok(Effect { dedup_key, records }),
+            Err(illegal) => self.block_failed(input, block, from, &illegal).await,
+        }
+    }
+
     /// The effect of a block that failed in this stage for good: its ERROR transition
     /// (when the machine allows it) and the dead-letter record (Kafka key: the block id),
     /// under the generation's [`failure_key`].

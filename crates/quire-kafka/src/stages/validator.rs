@@ -39,6 +39,9 @@ impl Stage for Validator {
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
         let block = &result.block;
+        if ctx.canceled.contains(&block.dataset_id) {
+            return Ok(vec![ctx.block_canceled(input, block, block.state, block.block_id.clone()).await?]);
+        }
         let block_ref = BlockRef::from(block);
         if let Err(failure) = rules::validate(&result) {
             return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?]);

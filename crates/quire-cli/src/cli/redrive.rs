@@ -1,0 +1,91 @@
+//! `quire redrive BLOCK…`: puts stuck or failed blocks back on the queue. Each block
+//! goes from its latest audited state to QUEUED through the state machine (so a
+//! COMPLETED or CANCELED block is refused, with the reason) as its next generation, in
+//! one transaction with its audit event.
+
+use super::report::{latest_quarantine, read_all, KeyValue};
+use quire_core::records::{now_ms, Block, InferenceResult, QuarantineRecord, StateChange, QUARANTINED, REPLAYED};
+use quire_kafka::config::TopicNames;
+use quire_kafka::operator::Operator;
+use quire_kafka::reader::TopicReader;
+use quire_kafka::KafkaArgs;
+use std::collections::{HashMap, HashSet};
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Block ids.
+    #[arg(required = true)]
+    pub blocks: Vec<String>,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let operator = Operator::new(&args.kafka, "redrive")?;
+    let names = operator.names().clone();
+    let wanted: HashSet<&str> = args.blocks.iter().map(String::as_str).collect();
+    let queued = names.queued();
+    let mut block_topics = TopicNames::retries(&queued, &args.kafka.retry_schedule());
+    block_topics.push(queued);
+    let (events, quarantine, blocks, results) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let reader = TopicReader::new(&args.kafka)?;
+        let mut blocks = Vec::new();
+        for topic in &block_topics {
+            blocks.extend(read_all(&reader, topic)?);
+        }
+        Ok((read_all(&reader, &names.events())?, read_all(&reader, &names.quarantine())?, blocks, read_all(&reader, &names.results())?))
+    })?;
+    let codec = operator.codec();
+    let mine = |records: Vec<KeyValue>| records.into_iter().filter(|(k, _)| k.as_deref().is_some_and(|k| wanted.contains(k)));
+    let mut states = HashMap::new();
+    for (_, value) in mine(events) {
+        if let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await {
+            states.insert(change.block_id, change.to_state);
+        }
+    }
+    // The newest copy of each block: highest generation, then attempt, then time.
+    let mut latest: HashMap<String, Block> = HashMap::new();
+    let mut consider = |block: Block| {
+        let rank = |b: &Block| (b.generation, b.attempt, b.updated_at_ms);
+        if latest.get(&block.block_id).is_none_or(|seen| rank(&block) >= rank(seen)) {
+            latest.insert(block.block_id.clone(), block);
+        }
+    };
+    for (_, value) in mine(blocks) {
+        if let Ok(block) = codec.decode::<Block>(value.as_deref()).await {
+            consider(block);
+        }
+    }
+    for (_, value) in mine(results) {
+        if let Ok(result) = codec.decode::<InferenceResult>(value.as_deref()).await {
+            consider(result.block);
+        }
+    }
+    let quarantined = latest_quarantine(codec, &quarantine).await;
+
+    let mut failed = 0;
+    for id in &args.blocks {
+        let outcome = async {
+            let state = *states.get(id).ok_or_else(|| anyhow::anyhow!("no audited state: is {id} a block id?"))?;
+            let block = latest.get(id).ok_or_else(|| anyhow::anyhow!("no copy of the block on the queued, retry or results topics"))?;
+            let by = format!("re-driven by {}", operator.who);
+            let mut records = operator.requeue(block, state, &by).await?;
+            if let Some(record) = quarantined.get(id).filter(|r| r.status == QUARANTINED) {
+                let replayed = QuarantineRecord { status: REPLAYED.into(), replayed_at_ms: Some(now_ms()), replayed_by: Some(by), ..record.clone() };
+                records.push(operator.encode(&names.quarantine(), id, &replayed, Vec::new()).await?);
+            }
+            tokio::task::block_in_place(|| operator.commit(&records))?;
+            anyhow::Ok(state)
+        }
+        .await;
+        match outcome {
+            Ok(state) => println!("{id}: {state} → QUEUED (generation {})", latest[id].generation + 1),
+            Err(e) => {
+                failed += 1;
+                eprintln!("{id}: not re-driven: {e:#}");
+            }
+        }
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
