@@ -115,6 +115,47 @@ fn garbage_output_falls_back_to_the_next_engine() {
 }
 
 #[test]
+fn slow_and_unreachable_engines_fall_back_to_a_healthy_one() {
+    let runtime = runtime();
+    let stack = Stack::start();
+    let slow = ModelServer::start(Behaviour::Slow(Duration::from_secs(5)));
+    let healthy = ModelServer::start(Behaviour::Healthy);
+    let down_url = format!("http://127.0.0.1:{}/v1", free_port());
+    let yaml = format!(
+        "defaults: {{timeout_ms: 300, breaker: {{failure_threshold: 100}}}}\nengines:\n  - {{name: slow, kind: openai, url: \"{}\", model: m}}\n  - {{name: down, kind: openai, url: \"{down_url}\", model: m}}\n  - {{name: healthy, kind: openai, url: \"{}\", model: m}}\ntasks:\n  translate: {{engines: [slow, down, healthy]}}\n",
+        slow.url, healthy.url
+    );
+    let mut pipeline = Pipeline::with_engines(&stack, &yaml, "300,600");
+    pipeline.publish_translation("detour", 2, 2);
+    assert_exactly_once(&pipeline, "detour", 4);
+    let completed: Vec<ValidatedResult> = read_decoded(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).completed(), &runtime);
+    assert!(completed.iter().all(|r| r.engine == "healthy"), "{completed:?}");
+    let n = completed.len() as f64;
+    let mut calls = |engine: &str, outcome: &str| metric(&mut pipeline, "quire-inference", "quire_engine_calls_total", &[("engine", engine), ("outcome", outcome)]);
+    assert_eq!((calls("slow", "RESOURCE"), calls("down", "TRANSIENT"), calls("healthy", "success")), (n, n, n));
+}
+
+#[test]
+fn an_overloaded_engine_slows_the_stage_and_its_blocks_are_rescheduled() {
+    let stack = Stack::start();
+    let server = ModelServer::start(Behaviour::Overloaded);
+    let mut pipeline = pipeline(&stack, &[("llm", &server)], "{failure_threshold: 100}", "500,1000,2000,4000");
+    pipeline.publish_translation("busy", 2, 2);
+    let service = pipeline.service("quire-inference");
+    let slowed = eventually(WAIT, "inference to back off", || {
+        let retried = service.metric("quire_retries_total", &[("class", "RESOURCE")])?;
+        let paused = service.metric("quire_stage_pauses_total", &[("stage", "inference")])?;
+        (retried >= 1.0 && paused >= 1.0).then_some(())
+    });
+    if let Err(e) = slowed {
+        panic!("{e}\n{}", pipeline.logs());
+    }
+    assert!(pipeline.service("quire-inference").log_text().contains("\"reason\":\"backpressure\""));
+    server.set(Behaviour::Healthy);
+    assert_exactly_once(&pipeline, "busy", 4);
+}
+
+#[test]
 fn open_breaker_pauses_partitions_until_the_engine_recovers() {
     let runtime = runtime();
     let stack = Stack::start();

@@ -101,6 +101,19 @@ pub fn base_topic(topic: &str) -> &str {
     }
 }
 
+/// The delay of a retry topic (`t-retry-5000` → 5 s); `None` for other topics.
+pub fn retry_delay(topic: &str) -> Option<Duration> {
+    let (_, delay) = topic.rsplit_once("-retry-")?;
+    delay.parse().ok().map(Duration::from_millis)
+}
+
+/// A regular expression (librdkafka's `^` subscription) matching every retry topic of
+/// `topic`, whatever its delay: records on a topic of a retired delay are still read.
+pub fn retry_topics_pattern(topic: &str) -> String {
+    // Topic names hold letters, digits, `.`, `_` and `-`: only `.` means something.
+    format!("^{}-retry-[0-9]+$", topic.replace('.', "\\."))
+}
+
 /// Whether a class is retried at all (for reporting).
 pub fn is_retryable(class: ErrorClass) -> bool {
     RetrySchedule::default().decide(&Failure::new(class, "", ""), 0) != RetryDecision::Quarantine
@@ -149,5 +162,8 @@ mod tests {
         assert_eq!(base_topic(&topic), "quire.blocks.queued");
         assert_eq!(base_topic("quire.blocks.queued"), "quire.blocks.queued");
         assert_eq!(base_topic("a-retry-x"), "a-retry-x");
+        assert_eq!(retry_delay(&topic), Some(ms(30000)));
+        assert_eq!(retry_delay("quire.blocks.queued"), None);
+        assert_eq!(retry_topics_pattern("quire.blocks.queued"), r"^quire\.blocks\.queued-retry-[0-9]+$");
     }
 }

@@ -130,7 +130,7 @@ impl Engines {
             Strategy::FirstSuccess => {
                 let mut results = Vec::new();
                 for slot in &chain.engines {
-                    let result = slot.clone().call(block.clone()).await;
+                    let result = slot.clone().call(block.clone(), slot.timeout).await;
                     let stop = match &result {
                         Ok(_) => true,
                         // Bad input stays bad whichever engine reads it.
@@ -155,7 +155,9 @@ impl Engines {
         let mut set = tokio::task::JoinSet::new();
         for (index, slot) in chain.engines.iter().enumerate() {
             let (slot, block) = (slot.clone(), block.clone());
-            set.spawn(async move { (index, slot.call(block).await) });
+            // An engine slower than the deadline times out by it, and its breaker hears of it.
+            let timeout = deadline.map_or(slot.timeout, |d| d.min(slot.timeout));
+            set.spawn(async move { (index, slot.call(block, timeout).await) });
         }
         let mut results: Vec<Option<Result<Produced, Failure>>> = vec![None; chain.engines.len()];
         let end = deadline.map(|d| tokio::time::Instant::now() + d);
@@ -219,7 +221,7 @@ impl Engines {
 }
 
 impl Slot {
-    async fn call(self: Arc<Self>, block: Block) -> Result<Produced, Failure> {
+    async fn call(self: Arc<Self>, block: Block, timeout: Duration) -> Result<Produced, Failure> {
         let name = self.engine.name().to_owned();
         if let Err(until) = self.breaker.lock().expect("breaker lock").try_acquire(Instant::now()) {
             metrics::counter!(names::CALLS, "engine" => name.clone(), "outcome" => "rejected").increment(1);
@@ -227,11 +229,11 @@ impl Slot {
             return Err(Failure::systemic("breaker-open", format!("engine {name}: circuit breaker open for {} ms more", wait.as_millis())));
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.timeout, self.engine.infer(&block)).await {
+        let result = match tokio::time::timeout(timeout, self.engine.infer(&block)).await {
             Ok(result) => result,
             Err(_) => Err(Failure::resource(
                 "engine-timeout",
-                format!("engine {name} took longer than {} ms on block {}", self.timeout.as_millis(), block.block_id),
+                format!("engine {name} took longer than {} ms on block {}", timeout.as_millis(), block.block_id),
             )),
         };
         let latency = started.elapsed();

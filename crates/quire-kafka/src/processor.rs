@@ -104,6 +104,19 @@ pub struct OutputRecord {
 pub struct Effect {
     pub dedup_key: String,
     pub records: Vec<OutputRecord>,
+    /// Skip the effect if this key is done too (a failure of a block that completed).
+    pub unless_done: Option<String>,
+}
+
+impl Effect {
+    pub fn new(dedup_key: String, records: Vec<OutputRecord>) -> Self {
+        Effect { dedup_key, records, unless_done: None }
+    }
+
+    /// The same effect, skipped if `key` is already done.
+    pub fn unless_done(self, key: &str) -> Self {
+        Effect { unless_done: Some(key.to_owned()), ..self }
+    }
 }
 
 /// Why a stage could not process a record. Records the stage can read but rejects are
@@ -164,7 +177,8 @@ impl StageContext {
     /// position (`topic/partition/offset`).
     pub fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
         let key = input.position_key();
-        Effect { dedup_key: key.clone(), records: vec![self.dead_letter(input, failure, &key)] }
+        let records = vec![self.dead_letter(input, failure, &key)];
+        Effect::new(key, records)
     }
 
     /// The dead-letter record for `input`, which failed with `failure`: the original
@@ -396,7 +410,8 @@ impl Core {
     fn apply(&mut self, effects: Vec<Effect>) -> Result<usize> {
         let mut duplicates = 0;
         for effect in effects {
-            if self.dedup.contains(&effect.dedup_key) || self.batch.pending_keys.contains(&effect.dedup_key) {
+            let done = |key: &str| self.dedup.contains(key) || self.batch.pending_keys.contains(key);
+            if done(&effect.dedup_key) || effect.unless_done.as_deref().is_some_and(done) {
                 events::duplicate_skipped(self.stage, &self.instance_id, &effect.dedup_key);
                 duplicates += 1;
                 continue;
@@ -648,12 +663,13 @@ impl ConsumerContext for LoopContext {
 
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// When a record read from a retry topic is due, if that is still ahead.
+/// When a record read from a retry topic is due, if that is still ahead. The due time
+/// is at most the record's time plus its topic's delay, so a skewed or garbled header
+/// cannot hold a partition back for longer.
 fn not_before(input: &Input) -> Option<Instant> {
-    if quire_core::retry::base_topic(&input.topic) == input.topic {
-        return None;
-    }
-    let due_ms = headers::big_integer_header(&input.headers, headers::RETRY_BACKOFF_TIMESTAMP)?;
+    let delay_ms = quire_core::retry::retry_delay(&input.topic)?.as_millis() as i64;
+    let latest_due = input.timestamp_ms.saturating_add(delay_ms);
+    let due_ms = headers::big_integer_header(&input.headers, headers::RETRY_BACKOFF_TIMESTAMP).map_or(latest_due, |due| due.min(latest_due));
     let wait_ms = due_ms - quire_core::records::now_ms();
     (wait_ms > 0).then(|| Instant::now() + Duration::from_millis(wait_ms as u64))
 }

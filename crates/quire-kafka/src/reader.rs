@@ -103,17 +103,18 @@ impl TopicReader {
         Ok(read)
     }
 
-    /// Follows `topic` from the beginning, calling `on_record` for each record, for as
-    /// long as `keep_going` says.
+    /// Follows `topic` from `start(partition)` (None: the beginning), calling
+    /// `on_record` for each record, for as long as `keep_going` says.
     pub fn follow(
         &self,
         topic: &str,
+        start: impl Fn(i32) -> Option<i64>,
         mut on_record: impl FnMut(&BorrowedMessage<'_>),
         keep_going: impl Fn() -> bool,
     ) -> Result<()> {
         let mut assignment = TopicPartitionList::new();
         for partition in 0..self.partitions(topic)? {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            assignment.add_partition_offset(topic, partition, start(partition).map(Offset::Offset).unwrap_or(Offset::Beginning))?;
         }
         self.consumer.assign(&assignment)?;
         while keep_going() {

@@ -6,6 +6,7 @@
 //! `REPLAYED`. A block that completed since is skipped; a record already replayed is not
 //! selected again, and even if it were, the validator lets a block into the output once.
 
+use super::redrive::latest_copies;
 use super::report::{latest_quarantine, latest_states, read_all};
 use indicatif::{ProgressBar, ProgressStyle};
 use quire_core::records::{now_ms, Block, InferenceResult, QuarantineRecord, QUARANTINED, REPLAYED};
@@ -15,7 +16,7 @@ use quire_kafka::processor::OutputRecord;
 use quire_kafka::reader::TopicReader;
 use quire_kafka::{Codec, KafkaArgs};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let completed: HashSet<String> = completed.into_iter().filter_map(|(k, _)| k).collect();
     let wanted: HashSet<&str> = selected.iter().filter_map(|r| r.block_id.as_deref()).collect();
     let states = latest_states(&codec, &events, |id| wanted.contains(id)).await;
+    let copies = if args.dry_run { HashMap::new() } else { latest_copies(&args.kafka, &codec, &wanted).await? };
 
     let mut summary = ReplaySummary { selected: selected.len(), ..ReplaySummary::default() };
     let operator = if args.dry_run { None } else { Some(Operator::new(&args.kafka, "dlq-replay")?) };
@@ -270,7 +272,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             summary.replayed += 1;
             continue;
         };
-        match replay_one(operator, &codec, record, &states, &filter).await {
+        match replay_one(operator, &codec, record, &states, &copies, &filter).await {
             Ok(()) => summary.replayed += 1,
             Err(e) => {
                 summary.failed += 1;
@@ -290,23 +292,30 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Replays one record in one transaction: the block re-queued as its next generation
-/// (or, for a record that never became a block, its bytes re-published where they came
-/// from), and the quarantine record marked REPLAYED.
+/// Replays one record in one transaction: the block re-queued from ERROR as its next
+/// generation (after the newest copy of it anywhere), or, for a record that never became
+/// a block, its bytes re-published where they came from; and the quarantine record
+/// marked REPLAYED.
 async fn replay_one(
     operator: &Operator,
     codec: &Codec,
     record: &QuarantineRecord,
-    states: &std::collections::HashMap<String, BlockState>,
+    states: &HashMap<String, BlockState>,
+    copies: &HashMap<String, Block>,
     filter: &str,
 ) -> anyhow::Result<()> {
     let by = format!("{} (filter: {filter})", operator.who);
-    let mut records: Vec<OutputRecord> = match (&record.block_id, decode_block(codec, record).await) {
-        (Some(id), Some(block)) => {
+    let mut records: Vec<OutputRecord> = match &record.block_id {
+        Some(id) => {
             let from = states.get(id).copied().unwrap_or(BlockState::Error);
+            anyhow::ensure!(from == BlockState::Error, "block {id} is {from}, not ERROR: `quire redrive` moves blocks in other states");
+            let block = match copies.get(id) {
+                Some(copy) => copy.clone(),
+                None => decode_block(codec, record).await.ok_or_else(|| anyhow::anyhow!("its payload is not a block"))?,
+            };
             operator.requeue(&block, from, &format!("replayed from quarantine by {by}")).await?
         }
-        (_, _) => {
+        None => {
             let payload = record.payload.clone().ok_or_else(|| anyhow::anyhow!("the quarantine record keeps no payload"))?;
             let topic = quire_core::retry::base_topic(&record.original_topic).to_owned();
             vec![OutputRecord { topic, key: record.key.clone(), payload, headers: Vec::new() }]

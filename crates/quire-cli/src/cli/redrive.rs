@@ -3,12 +3,12 @@
 //! COMPLETED or CANCELED block is refused, with the reason) as its next generation, in
 //! one transaction with its audit event.
 
-use super::report::{latest_quarantine, read_all, KeyValue};
-use quire_core::records::{now_ms, Block, InferenceResult, QuarantineRecord, StateChange, QUARANTINED, REPLAYED};
+use super::report::{latest_quarantine, latest_states, read_all, KeyValue};
+use quire_core::records::{now_ms, Block, InferenceResult, QuarantineRecord, QUARANTINED, REPLAYED};
 use quire_kafka::config::TopicNames;
 use quire_kafka::operator::Operator;
 use quire_kafka::reader::TopicReader;
-use quire_kafka::KafkaArgs;
+use quire_kafka::{Codec, KafkaArgs};
 use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 
@@ -25,43 +25,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let operator = Operator::new(&args.kafka, "redrive")?;
     let names = operator.names().clone();
     let wanted: HashSet<&str> = args.blocks.iter().map(String::as_str).collect();
-    let queued = names.queued();
-    let mut block_topics = TopicNames::retries(&queued, &args.kafka.retry_schedule());
-    block_topics.push(queued);
-    let (events, quarantine, blocks, results) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
-        let reader = TopicReader::new(&args.kafka)?;
-        let mut blocks = Vec::new();
-        for topic in &block_topics {
-            blocks.extend(read_all(&reader, topic)?);
-        }
-        Ok((read_all(&reader, &names.events())?, read_all(&reader, &names.quarantine())?, blocks, read_all(&reader, &names.results())?))
-    })?;
     let codec = operator.codec();
-    let mine = |records: Vec<KeyValue>| records.into_iter().filter(|(k, _)| k.as_deref().is_some_and(|k| wanted.contains(k)));
-    let mut states = HashMap::new();
-    for (_, value) in mine(events) {
-        if let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await {
-            states.insert(change.block_id, change.to_state);
-        }
-    }
-    // The newest copy of each block: highest generation, then attempt, then time.
-    let mut latest: HashMap<String, Block> = HashMap::new();
-    let mut consider = |block: Block| {
-        let rank = |b: &Block| (b.generation, b.attempt, b.updated_at_ms);
-        if latest.get(&block.block_id).is_none_or(|seen| rank(&block) >= rank(seen)) {
-            latest.insert(block.block_id.clone(), block);
-        }
-    };
-    for (_, value) in mine(blocks) {
-        if let Ok(block) = codec.decode::<Block>(value.as_deref()).await {
-            consider(block);
-        }
-    }
-    for (_, value) in mine(results) {
-        if let Ok(result) = codec.decode::<InferenceResult>(value.as_deref()).await {
-            consider(result.block);
-        }
-    }
+    let (events, quarantine) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let reader = TopicReader::new(&args.kafka)?;
+        Ok((read_all(&reader, &names.events())?, read_all(&reader, &names.quarantine())?))
+    })?;
+    let states = latest_states(codec, &events, |id| wanted.contains(id)).await;
+    let latest = latest_copies(&args.kafka, codec, &wanted).await?;
     let quarantined = latest_quarantine(codec, &quarantine).await;
 
     let mut failed = 0;
@@ -88,4 +58,40 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The newest copy of each `wanted` block on the queued, retry and results topics:
+/// highest generation, then attempt, then time. Its generation is the block's latest.
+pub async fn latest_copies(kafka: &KafkaArgs, codec: &Codec, wanted: &HashSet<&str>) -> anyhow::Result<HashMap<String, Block>> {
+    let names = TopicNames::new(&kafka.topic_prefix);
+    let queued = names.queued();
+    let mut block_topics = TopicNames::retries(&queued, &kafka.retry_schedule());
+    block_topics.push(queued);
+    let (blocks, results) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+        let reader = TopicReader::new(kafka)?;
+        let mut blocks = Vec::new();
+        for topic in &block_topics {
+            blocks.extend(read_all(&reader, topic)?);
+        }
+        Ok((blocks, read_all(&reader, &names.results())?))
+    })?;
+    let mine = |records: Vec<KeyValue>| records.into_iter().filter(|(k, _)| k.as_deref().is_some_and(|k| wanted.contains(k)));
+    let mut latest: HashMap<String, Block> = HashMap::new();
+    let mut consider = |block: Block| {
+        let rank = |b: &Block| (b.generation, b.attempt, b.updated_at_ms);
+        if latest.get(&block.block_id).is_none_or(|seen| rank(&block) >= rank(seen)) {
+            latest.insert(block.block_id.clone(), block);
+        }
+    };
+    for (_, value) in mine(blocks) {
+        if let Ok(block) = codec.decode::<Block>(value.as_deref()).await {
+            consider(block);
+        }
+    }
+    for (_, value) in mine(results) {
+        if let Ok(result) = codec.decode::<InferenceResult>(value.as_deref()).await {
+            consider(result.block);
+        }
+    }
+    Ok(latest)
 }

@@ -176,9 +176,14 @@ pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: u
     for state in latest.values() {
         *states.entry(state.to_string()).or_default() += 1;
     }
-    let canceled: HashSet<&str> = latest.iter().filter(|(_, s)| **s == BlockState::Canceled).map(|(id, _)| id.as_str()).collect();
-
+    // A completed block counts as completed, whatever a later generation went through.
     let completed_ids: HashSet<&str> = completions.keys().copied().collect();
+    let canceled: HashSet<&str> = latest
+        .iter()
+        .filter(|(id, s)| **s == BlockState::Canceled && !completed_ids.contains(id.as_str()))
+        .map(|(id, _)| id.as_str())
+        .collect();
+
     let missing = expected
         .iter()
         .filter(|id| !completed_ids.contains(id.as_str()) && !quarantined.contains(*id) && !canceled.contains(id.as_str()))

@@ -96,7 +96,7 @@ impl Stage for Claimer {
             };
             let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
             records.push(ctx.encode(&ctx.names.queued(), &block.block_id, &block, headers).await?);
-            effects.push(Effect { dedup_key: block.block_id.clone(), records });
+            effects.push(Effect::new(block.block_id.clone(), records));
         }
         Ok(effects)
     }

@@ -55,9 +55,8 @@ impl Stage for Inference {
 
     fn input_topics(&self) -> Vec<String> {
         let queued = self.context.names.queued();
-        let mut topics = TopicNames::retries(&queued, &self.retries);
-        topics.insert(0, queued);
-        topics
+        let pattern = quire_core::retry::retry_topics_pattern(&queued);
+        vec![queued, pattern]
     }
 
     fn output_topics(&self) -> Vec<String> {
@@ -93,9 +92,10 @@ impl Stage for Inference {
                 }
                 output
             }
-            Err(chain) if chain.resume_at.is_some() => {
-                // Every engine refused: nothing was written, the record is read again later.
-                let until = chain.resume_at.expect("checked");
+            Err(chain) if chain.failure.class == ErrorClass::Systemic => {
+                // Every engine refused: nothing was written, the record is read again
+                // once the first breaker half-opens (soon, if one was reset meanwhile).
+                let until = chain.resume_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
                 return Err(StageError::Defer { until, reason: chain.failure.reason });
             }
             Err(chain) => {
@@ -138,6 +138,6 @@ impl Stage for Inference {
         };
         let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         records.push(ctx.encode(&ctx.names.results(), &block.block_id, &result, headers).await?);
-        Ok(vec![Effect { dedup_key: block_key(&block), records }])
+        Ok(vec![Effect::new(block_key(&block), records)])
     }
 }

@@ -128,7 +128,7 @@ impl StageContext {
     async fn block_canceled(&self, input: &Input, block: &Block, from: BlockState, dedup_key: String) -> Result<Effect, StageError> {
         let reason = format!("dataset {} canceled", block.dataset_id);
         match self.transitions(&BlockRef::from(block), &[from, BlockState::Canceled], Some(&reason)).await? {
-            Ok(records) => Ok(Effect { dedup_key, records }),
+            Ok(records) => Ok(Effect::new(dedup_key, records)),
             Err(illegal) => self.block_failed(input, block, from, &illegal).await,
         }
     }
@@ -152,7 +152,7 @@ impl StageContext {
         let first_failed = first_failed_at(input);
         headers::set_header(&mut dead.headers, headers::FIRST_FAILED_AT, first_failed.to_be_bytes().to_vec());
         records.push(dead);
-        Ok(Effect { dedup_key, records })
+        Ok(Effect::new(dedup_key, records))
     }
 
     /// The effect of a block that failed with `failure` while `from`: rescheduled on the
@@ -183,7 +183,8 @@ impl StageContext {
                 let topic = retry::retry_topic(retry::base_topic(&input.topic), delay);
                 let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
                 headers.extend(crate::headers::dead_letter_headers(&self.origin(input), failure));
-                headers::set_header(&mut headers, headers::RETRY_ATTEMPTS, (retry as i32).to_be_bytes().to_vec());
+                // Spring counts the first delivery as attempt 1: retry k is attempt k + 1.
+                headers::set_header(&mut headers, headers::RETRY_ATTEMPTS, (retry as i32 + 1).to_be_bytes().to_vec());
                 headers::set_header(&mut headers, headers::RETRY_BACKOFF_TIMESTAMP, headers::big_integer_bytes(now + delay.as_millis() as i64));
                 let original = headers::big_integer_header(&input.headers, headers::RETRY_ORIGINAL_TIMESTAMP).unwrap_or(input.timestamp_ms);
                 headers::set_header(&mut headers, headers::RETRY_ORIGINAL_TIMESTAMP, headers::big_integer_bytes(original));
@@ -193,7 +194,7 @@ impl StageContext {
                 }
                 records.push(self.encode(&topic, &block.block_id, &retried, headers).await?);
                 events::retry_scheduled(self.stage, &self.instance_id, &block.block_id, failure, retry, delay);
-                Ok(Effect { dedup_key: retry_key(block, retry), records })
+                Ok(Effect::new(retry_key(block, retry), records))
             }
         }
     }

@@ -88,6 +88,6 @@ impl Stage for Quarantine {
         let dedup_key = text_header(&input.headers, headers::DEDUP_KEY).unwrap_or_else(|| input.position_key());
         events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
-        Ok(vec![Effect { dedup_key, records: vec![output] }])
+        Ok(vec![Effect::new(dedup_key, vec![output])])
     }
 }

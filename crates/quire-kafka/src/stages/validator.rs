@@ -1,7 +1,8 @@
 //! The validator: re-checks each result against the output rules; valid results
 //! complete their block, invalid ones are dead-lettered with the broken rule named.
 //! Its dedup key is the bare block id whatever the generation: a block reaches the
-//! completed topic once, however often it was replayed.
+//! completed topic once, however often it was replayed, and a later generation of a
+//! completed block is neither failed nor canceled here.
 
 use super::{block_headers, decode_failure, BlockRef};
 use crate::processor::{Effect, Input, Stage, StageContext, StageError};
@@ -40,15 +41,16 @@ impl Stage for Validator {
         };
         let block = &result.block;
         if ctx.canceled.contains(&block.dataset_id) {
-            return Ok(vec![ctx.block_canceled(input, block, block.state, block.block_id.clone()).await?]);
+            let canceled = ctx.block_canceled(input, block, block.state, block.block_id.clone()).await?;
+            return Ok(vec![canceled.unless_done(&block.block_id)]);
         }
         let block_ref = BlockRef::from(block);
         if let Err(failure) = rules::validate(&result) {
-            return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?]);
+            return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?.unless_done(&block.block_id)]);
         }
         let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Completed], None).await? {
             Ok(records) => records,
-            Err(failure) => return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?]),
+            Err(failure) => return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?.unless_done(&block.block_id)]),
         };
         let validated = ValidatedResult {
             block_id: block.block_id.clone(),
@@ -66,6 +68,6 @@ impl Stage for Validator {
         };
         let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         records.push(ctx.encode(&ctx.names.completed(), &block.block_id, &validated, headers).await?);
-        Ok(vec![Effect { dedup_key: block.block_id.clone(), records }])
+        Ok(vec![Effect::new(block.block_id.clone(), records)])
     }
 }
