@@ -6,7 +6,7 @@
 
 use integration_tests::model_server::{Behaviour, ModelServer};
 use integration_tests::*;
-use quire_core::records::{Block, QuarantineRecord, StateChange, ValidatedResult};
+use quire_core::records::{Block, InferenceResult, QuarantineRecord, StateChange, ValidatedResult};
 use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
 use quire_kafka::Codec;
@@ -153,6 +153,39 @@ fn an_overloaded_engine_slows_the_stage_and_its_blocks_are_rescheduled() {
     assert!(pipeline.service("quire-inference").log_text().contains("\"reason\":\"backpressure\""));
     server.set(Behaviour::Healthy);
     assert_exactly_once(&pipeline, "busy", 4);
+}
+
+#[test]
+fn all_and_best_effort_strategies_keep_what_they_promise() {
+    let runtime = runtime();
+    let stack = Stack::start();
+    let first = ModelServer::start(Behaviour::Healthy);
+    let second = ModelServer::start(Behaviour::Healthy);
+    let late = ModelServer::start(Behaviour::Slow(Duration::from_secs(3)));
+    let engine = |name: &str, server: &ModelServer| format!("  - {{name: {name}, kind: openai, url: \"{}\", model: m}}\n", server.url);
+    let yaml = format!(
+        "engines:\n{}{}{}tasks:\n  translate: {{strategy: all, engines: [first, second]}}\n  language-id: {{strategy: best_effort, deadline_ms: 500, engines: [late, first]}}\n",
+        engine("first", &first),
+        engine("second", &second),
+        engine("late", &late)
+    );
+    let pipeline = Pipeline::with_engines(&stack, &yaml, "300,600");
+    pipeline.publish_translation("both", 1, 2);
+    let data = write_dataset(stack.dir.path(), "quick", 1, 2);
+    pipeline.publish(&data, "quick").expect("publish");
+    assert_exactly_once(&pipeline, "both", 2);
+    assert_exactly_once(&pipeline, "quick", 2);
+    let results: Vec<InferenceResult> = read_decoded(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).results(), &runtime);
+    for result in &results {
+        let alternatives: Vec<&str> = result.alternatives.iter().map(|a| a.engine.as_str()).collect();
+        match result.block.dataset_id.as_str() {
+            // all: every engine's success, the first in chain order as the result.
+            "both" => assert_eq!((result.engine.as_str(), alternatives), ("first", vec!["second"]), "{result:?}"),
+            // best_effort: the late engine missed the deadline, the quick one's answer is kept.
+            _ => assert_eq!((result.engine.as_str(), result.label.as_str(), alternatives.len()), ("first", "en", 0), "{result:?}"),
+        }
+    }
+    assert_eq!(results.len(), 4);
 }
 
 #[test]

@@ -15,9 +15,13 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// The default idempotency key of a submission: a hash of its documents' ids and texts.
-pub fn content_key<'a>(documents: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+/// The default idempotency key of a submission: a hash of what it asks for (`scope`:
+/// dataset, task, languages) and of its documents' ids and texts. The same documents
+/// sent again for the same work add nothing; sent for other work, they are new work.
+pub fn content_key<'a>(scope: &str, documents: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut hasher = Sha256::new();
+    hasher.update((scope.len() as u64).to_be_bytes());
+    hasher.update(scope.as_bytes());
     for (id, text) in documents {
         for part in [id.as_bytes(), text.as_bytes()] {
             hasher.update((part.len() as u64).to_be_bytes());
@@ -58,8 +62,9 @@ mod tests {
 
     #[test]
     fn content_key_separates_boundaries() {
-        assert_ne!(content_key([("ab", "c")]), content_key([("a", "bc")]));
-        assert_eq!(content_key([("a", "b")]), content_key([("a", "b")]));
+        assert_ne!(content_key("s", [("ab", "c")]), content_key("s", [("a", "bc")]));
+        assert_eq!(content_key("s", [("a", "b")]), content_key("s", [("a", "b")]));
+        assert_ne!(content_key("d1|translate|fr", [("a", "b")]), content_key("d1|translate|de", [("a", "b")]));
     }
 
     #[test]

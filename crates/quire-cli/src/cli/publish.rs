@@ -95,7 +95,10 @@ pub fn submissions(args: &Args, documents: &[Document]) -> anyhow::Result<Vec<Da
     let key = args
         .idempotency_key
         .clone()
-        .unwrap_or_else(|| ids::content_key(documents.iter().map(|d| (d.id.as_str(), d.text.as_str()))));
+        .unwrap_or_else(|| {
+            let scope = format!("{dataset_id}|{}|{}", args.task, args.target_language.as_deref().unwrap_or_default());
+            ids::content_key(&scope, documents.iter().map(|d| (d.id.as_str(), d.text.as_str())))
+        });
     let request_id = format!("req-{:016x}", rand::random::<u64>());
     let now = now_ms();
     Ok(documents
