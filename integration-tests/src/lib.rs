@@ -192,31 +192,41 @@ impl Service {
 
     /// The service's `/metrics` page.
     pub fn scrape(&self) -> anyhow::Result<String> {
-        use std::io::{Read, Write};
-        let port = self.metrics_port.context("service has no metrics endpoint")?;
-        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut page = String::new();
-        stream.read_to_string(&mut page)?;
-        Ok(page)
+        scrape(self.metrics_port.context("service has no metrics endpoint")?)
     }
 
     /// Sum of the samples of metric `name` whose labels contain every `labels` pair.
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let page = self.scrape().ok()?;
-        let samples: Vec<f64> = page
-            .lines()
-            .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-            .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
-            .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
-            .collect();
-        (!samples.is_empty()).then(|| samples.iter().sum())
+        metric(self.metrics_port?, name, labels)
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The `/metrics` page served on `port`.
+pub fn scrape(port: u16) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page)?;
+    Ok(page)
+}
+
+/// Sum of the samples of metric `name` served on `port` whose labels contain every
+/// `labels` pair.
+pub fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let page = scrape(port).ok()?;
+    let samples: Vec<f64> = page
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!samples.is_empty()).then(|| samples.iter().sum())
 }
 
 impl Drop for Service {

@@ -22,7 +22,7 @@ fn env<'a>(service: &'a Value, name: &str) -> Option<&'a str> {
     service["environment"][name].as_str()
 }
 
-const STAGES: [&str; 4] = ["claimer", "inference", "validator", "quarantine"];
+const SERVICES: [&str; 5] = ["claimer", "inference", "validator", "quarantine", "watchdog"];
 
 #[test]
 fn production_compose_wires_brokers_ui_stages_and_prometheus() {
@@ -37,12 +37,12 @@ fn production_compose_wires_brokers_ui_stages_and_prometheus() {
     assert!(env(ui, "KAFKA_CLUSTERS_0_NAME").is_some() && env(ui, "DYNAMIC_CONFIG_ENABLED").is_some());
 
     let mut instances = std::collections::HashSet::new();
-    for stage in STAGES {
-        let service = &services[stage];
-        assert_eq!(service["command"][0].as_str(), Some(format!("quire-{stage}").as_str()));
-        assert_eq!(env(service, "QUIRE_BOOTSTRAP_SERVERS"), Some("kafka-1:9092,kafka-2:9092,kafka-3:9092"), "{stage}");
-        assert_eq!(env(service, "QUIRE_METRICS_ADDR"), Some("0.0.0.0:9100"), "{stage}");
-        assert!(instances.insert(env(service, "QUIRE_INSTANCE_ID").expect("instance id").to_owned()), "{stage}: instance ids must differ");
+    for name in SERVICES {
+        let service = &services[name];
+        assert_eq!(service["command"][0].as_str(), Some(format!("quire-{name}").as_str()));
+        assert_eq!(env(service, "QUIRE_BOOTSTRAP_SERVERS"), Some("kafka-1:9092,kafka-2:9092,kafka-3:9092"), "{name}");
+        assert_eq!(env(service, "QUIRE_METRICS_ADDR"), Some("0.0.0.0:9100"), "{name}");
+        assert!(instances.insert(env(service, "QUIRE_INSTANCE_ID").expect("instance id").to_owned()), "{name}: instance ids must differ");
     }
 
     let topics = &services["topics"]["command"];
@@ -61,7 +61,7 @@ fn production_compose_wires_brokers_ui_stages_and_prometheus() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    for stage in STAGES {
-        assert!(targets.contains(&format!("{stage}:9100").as_str()), "prometheus does not scrape {stage}");
+    for name in SERVICES {
+        assert!(targets.contains(&format!("{name}:9100").as_str()), "prometheus does not scrape {name}");
     }
 }

@@ -7,12 +7,14 @@
 //! - [`split`]: splits a document into blocks, deterministically.
 //! - [`failure`]: error classes, decided by the action a failure calls for.
 //! - [`retry`]: the retry schedule and retry-topic names.
+//! - [`lag`]: consumer lag in offsets and seconds, and Burrow-style status, from samples.
 //! - [`breaker`]: the circuit breaker state machine engines run behind.
 //! - [`rules`]: the validator's output rules.
 
 pub mod breaker;
 pub mod failure;
 pub mod ids;
+pub mod lag;
 pub mod records;
 pub mod retry;
 pub mod rules;

@@ -12,6 +12,7 @@
 //! - [`processor`]: the one consume → process → produce loop every stage runs in.
 //! - [`stages`]: the four pipeline stages (claimer, inference, validator, quarantine).
 //! - [`service`]: what every stage binary does around its stage (signals, start-up).
+//! - [`watchdog`]: consumer-group lag in offsets and seconds, and group status, for `quire-watchdog`.
 //! - [`telemetry`]: JSON logs, and every event a stage reports with its metric.
 //! - [`http`]: `/metrics` and `/health/*` on every service.
 
@@ -28,6 +29,7 @@ pub mod service;
 pub mod stages;
 pub mod telemetry;
 pub mod topics;
+pub mod watchdog;
 
 pub use codec::Codec;
 pub use config::{DeliveryMode, KafkaArgs};

@@ -18,7 +18,7 @@ pub(crate) fn log_client_error(error: &KafkaError, reason: &str) {
 }
 
 /// A consumer context that keeps end-of-partition events out of the error log.
-pub(crate) struct QuietContext;
+pub struct QuietContext;
 
 impl ClientContext for QuietContext {
     fn error(&self, error: KafkaError, reason: &str) {

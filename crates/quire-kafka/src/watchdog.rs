@@ -1,0 +1,255 @@
+//! The pipeline watchdog's eyes on Kafka: every group's committed offsets against its
+//! topics' last stable offsets (what a `read_committed` consumer can reach), turned into
+//! lag in offsets and seconds and a Burrow-style status per group (`quire_core::lag`).
+//! Exported under kafka-lag-exporter's metric names, so existing dashboards read them.
+//!
+//! Lag counts records, not offsets: each transaction's commit marker takes an offset
+//! that no consumer ever receives, so a consumer that read everything a transactional
+//! producer wrote commits one offset short of the end. Where the gap is small the
+//! watchdog looks whether any record is really there (and remembers the answer until
+//! the offsets move), so an idle transactional pipeline reads lag 0, not 1.
+
+use crate::config::KafkaArgs;
+use crate::reader::QuietContext;
+use crate::Result;
+use quire_core::lag::{group_status, LagTable, OffsetSample, PartitionStatus, Window, GROUP_STATUSES};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// kafka-lag-exporter's metric names (labels `cluster_name, group, topic, partition`).
+pub mod names {
+    pub const GROUP_LAG: &str = "kafka_consumergroup_group_lag";
+    pub const GROUP_LAG_SECONDS: &str = "kafka_consumergroup_group_lag_seconds";
+    pub const GROUP_OFFSET: &str = "kafka_consumergroup_group_offset";
+    pub const GROUP_MAX_LAG: &str = "kafka_consumergroup_group_max_lag";
+    pub const GROUP_MAX_LAG_SECONDS: &str = "kafka_consumergroup_group_max_lag_seconds";
+    pub const GROUP_SUM_LAG: &str = "kafka_consumergroup_group_sum_lag";
+    pub const GROUP_TOPIC_SUM_LAG: &str = "kafka_consumergroup_group_topic_sum_lag";
+    pub const PARTITION_LATEST_OFFSET: &str = "kafka_partition_latest_offset";
+    pub const PARTITION_EARLIEST_OFFSET: &str = "kafka_partition_earliest_offset";
+    /// 1 for the group's current Burrow-style status, 0 for the others.
+    pub const GROUP_STATUS: &str = "quire_consumergroup_status";
+    /// Records the group committed past per second, over the last poll.
+    pub const GROUP_THROUGHPUT: &str = "quire_consumergroup_throughput_records_per_second";
+}
+
+/// One partition of one group, as last polled.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionLag {
+    pub topic: String,
+    pub partition: i32,
+    pub earliest_offset: i64,
+    pub latest_offset: i64,
+    /// None until the group commits on this partition.
+    pub committed: Option<i64>,
+    pub lag: i64,
+    /// NaN while there are too few samples to tell (serialized as null).
+    pub lag_seconds: f64,
+    pub status: PartitionStatus,
+}
+
+/// One group, as last polled.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupLag {
+    pub group: String,
+    pub status: &'static str,
+    pub max_lag: i64,
+    pub max_lag_seconds: f64,
+    pub sum_lag: i64,
+    pub throughput_per_second: f64,
+    pub partitions: Vec<PartitionLag>,
+}
+
+/// Samples groups' lag, keeping the history lag seconds and statuses need.
+pub struct LagWatch {
+    cluster: String,
+    /// Group → the topics it consumes.
+    groups: Vec<(String, Vec<String>)>,
+    watermarks: BaseConsumer<QuietContext>,
+    offsets: HashMap<String, BaseConsumer<QuietContext>>,
+    tables: HashMap<(String, i32), LagTable>,
+    windows: HashMap<(String, String, i32), Window>,
+    window_ms: i64,
+    previous_committed: HashMap<String, (i64, i64)>,
+    probe: BaseConsumer<QuietContext>,
+    /// (topic, partition) → (from, to, whether a record lies in between).
+    probed: HashMap<(String, i32), (i64, i64, bool)>,
+}
+
+/// Gaps up to this many offsets are checked for records (markers only).
+const MARKER_SLACK: i64 = 16;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+impl LagWatch {
+    pub fn new(args: &KafkaArgs, cluster: &str, groups: Vec<(String, Vec<String>)>, window: Duration) -> Result<Self> {
+        let consumer = |group: &str| -> Result<BaseConsumer<QuietContext>> {
+            Ok(args
+                .client_config()
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .set("isolation.level", "read_committed")
+                .create_with_context(QuietContext)?)
+        };
+        let watermarks = consumer(&format!("quire-watchdog-{:08x}", rand::random::<u32>()))?;
+        let probe = args
+            .client_config()
+            .set("group.id", format!("quire-watchdog-probe-{:08x}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create_with_context(QuietContext)?;
+        // A consumer per group only reads the group's offsets: it never joins the group.
+        let offsets = groups.iter().map(|(g, _)| Ok((g.clone(), consumer(g)?))).collect::<Result<_>>()?;
+        Ok(LagWatch {
+            cluster: cluster.to_owned(),
+            groups,
+            watermarks,
+            offsets,
+            tables: HashMap::new(),
+            windows: HashMap::new(),
+            window_ms: window.as_millis() as i64,
+            previous_committed: HashMap::new(),
+            probe,
+            probed: HashMap::new(),
+        })
+    }
+
+    /// Whether a `read_committed` consumer would receive any record of `topic/partition`
+    /// in `[from, to)`; unsure (a timeout) counts as yes.
+    fn has_records(&mut self, topic: &str, partition: i32, from: i64, to: i64) -> Result<bool> {
+        let key = (topic.to_owned(), partition);
+        if let Some(&(f, t, answer)) = self.probed.get(&key) {
+            if (f, t) == (from, to) {
+                return Ok(answer);
+            }
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
+        self.probe.assign(&assignment)?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let answer = loop {
+            match self.probe.poll(Duration::from_millis(100)) {
+                Some(Ok(message)) => break message.offset() < to,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break false,
+                Some(Err(_)) => break true,
+                None if std::time::Instant::now() >= deadline => break true,
+                None => {}
+            }
+        };
+        self.probe.unassign()?;
+        self.probed.insert(key, (from, to, answer));
+        Ok(answer)
+    }
+
+    /// Samples every group once at `now_ms`.
+    pub fn poll(&mut self, now_ms: i64) -> Result<Vec<GroupLag>> {
+        let mut reports = Vec::new();
+        for (group, topics) in self.groups.clone() {
+            let mut wanted = TopicPartitionList::new();
+            let mut ends = HashMap::new();
+            for topic in &topics {
+                let metadata = self.watermarks.fetch_metadata(Some(topic), TIMEOUT)?;
+                let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
+                for partition in 0..partitions {
+                    let (low, high) = self.watermarks.fetch_watermarks(topic, partition, TIMEOUT)?;
+                    ends.insert((topic.clone(), partition), (low, high));
+                    self.tables.entry((topic.clone(), partition)).or_insert_with(|| LagTable::new(120)).record(high, now_ms);
+                    wanted.add_partition(topic, partition);
+                }
+            }
+            let committed = self.offsets[&group].committed_offsets(wanted, TIMEOUT)?;
+            let mut partitions = Vec::new();
+            for element in committed.elements() {
+                let key = (element.topic().to_owned(), element.partition());
+                let (earliest, latest) = ends[&key];
+                let committed = match element.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                let mut lag = committed.map_or(0, |c| (latest - c).max(0));
+                if let Some(c) = committed.filter(|_| (1..=MARKER_SLACK).contains(&lag)) {
+                    if !self.has_records(&key.0, key.1, c, latest)? {
+                        lag = 0;
+                    }
+                }
+                let lag_seconds = match committed {
+                    None => f64::NAN,
+                    Some(_) if lag == 0 => 0.0,
+                    Some(c) => self.tables[&key].lag_seconds(c, now_ms),
+                };
+                let window = self.windows.entry((group.clone(), key.0.clone(), key.1)).or_insert_with(|| Window::new(self.window_ms));
+                if let Some(c) = committed {
+                    window.record(OffsetSample { committed: c, lag, at_ms: now_ms });
+                }
+                partitions.push(PartitionLag {
+                    topic: key.0,
+                    partition: key.1,
+                    earliest_offset: earliest,
+                    latest_offset: latest,
+                    committed,
+                    lag,
+                    lag_seconds,
+                    status: window.status(),
+                });
+            }
+            let total_committed: i64 = partitions.iter().filter_map(|p| p.committed).sum();
+            let throughput = match self.previous_committed.insert(group.clone(), (total_committed, now_ms)) {
+                Some((before, at)) if now_ms > at => ((total_committed - before).max(0) as f64) * 1000.0 / (now_ms - at) as f64,
+                _ => 0.0,
+            };
+            reports.push(GroupLag {
+                status: group_status(partitions.iter().map(|p| p.status)),
+                max_lag: partitions.iter().map(|p| p.lag).max().unwrap_or(0),
+                max_lag_seconds: partitions.iter().map(|p| p.lag_seconds).filter(|s| !s.is_nan()).fold(0.0, f64::max),
+                sum_lag: partitions.iter().map(|p| p.lag).sum(),
+                throughput_per_second: throughput,
+                group,
+                partitions,
+            });
+        }
+        Ok(reports)
+    }
+
+    /// Sets the metrics of `reports`.
+    pub fn export(&self, reports: &[GroupLag]) {
+        let cluster = self.cluster.clone();
+        for report in reports {
+            let group = report.group.clone();
+            let labels = [("cluster_name", cluster.clone()), ("group", group.clone())];
+            metrics::gauge!(names::GROUP_MAX_LAG, &labels).set(report.max_lag as f64);
+            metrics::gauge!(names::GROUP_MAX_LAG_SECONDS, &labels).set(report.max_lag_seconds);
+            metrics::gauge!(names::GROUP_SUM_LAG, &labels).set(report.sum_lag as f64);
+            metrics::gauge!(names::GROUP_THROUGHPUT, &labels).set(report.throughput_per_second);
+            for status in GROUP_STATUSES {
+                let value = if status == report.status { 1.0 } else { 0.0 };
+                metrics::gauge!(names::GROUP_STATUS, "cluster_name" => cluster.clone(), "group" => group.clone(), "status" => status).set(value);
+            }
+            let mut topic_sums: HashMap<&str, i64> = HashMap::new();
+            for p in &report.partitions {
+                *topic_sums.entry(&p.topic).or_default() += p.lag;
+                let partition = p.partition.to_string();
+                let topic_labels = [("cluster_name", cluster.clone()), ("topic", p.topic.clone()), ("partition", partition.clone())];
+                metrics::gauge!(names::PARTITION_LATEST_OFFSET, &topic_labels).set(p.latest_offset as f64);
+                metrics::gauge!(names::PARTITION_EARLIEST_OFFSET, &topic_labels).set(p.earliest_offset as f64);
+                let Some(committed) = p.committed else { continue };
+                let labels = [
+                    ("cluster_name", cluster.clone()),
+                    ("group", group.clone()),
+                    ("topic", p.topic.clone()),
+                    ("partition", partition),
+                ];
+                metrics::gauge!(names::GROUP_LAG, &labels).set(p.lag as f64);
+                metrics::gauge!(names::GROUP_LAG_SECONDS, &labels).set(p.lag_seconds);
+                metrics::gauge!(names::GROUP_OFFSET, &labels).set(committed as f64);
+            }
+            for (topic, sum) in topic_sums {
+                let labels = [("cluster_name", cluster.clone()), ("group", group.clone()), ("topic", topic.to_owned())];
+                metrics::gauge!(names::GROUP_TOPIC_SUM_LAG, &labels).set(sum as f64);
+            }
+        }
+    }
+}
