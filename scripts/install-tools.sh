@@ -29,12 +29,12 @@ install_crate() { # crate version extra-args...
   rm -rf "$TOOLS_DIR/build-$crate"
 }
 
-# `all` is what the tests and the demo need; promtool comes with the alert rules.
+# `all` is what the tests and the demo need (promtool unit-tests the alert rules).
 want="${1:-all}"
 case "$want" in
   all|broker) install_crate nisshi "$NISSHI_VERSION" --ignore-rust-version --features dynostore,libsql ;;&
   all|registry) install_crate rivven-schema "$RIVVEN_SCHEMA_VERSION" ;;&
-  promtool)
+  all|promtool)
     if ! command -v promtool >/dev/null 2>&1; then
       log "installing promtool (Debian package prometheus)"
       export DEBIAN_FRONTEND=noninteractive
