@@ -148,6 +148,24 @@ pub fn big_integer_header(headers: &Headers, name: &str) -> Option<i64> {
     Some(i64::from_be_bytes(bytes))
 }
 
+/// A new W3C trace context: a fresh trace with one sampled span.
+pub fn new_traceparent() -> String {
+    format!("00-{:032x}-{:016x}-01", rand::random::<u128>() | 1, rand::random::<u64>() | 1)
+}
+
+/// A child of `parent`: the same trace and flags, a new span id. `None` if `parent` is
+/// not a version-00 `traceparent`.
+pub fn child_traceparent(parent: &str) -> Option<String> {
+    let parts: Vec<&str> = parent.split('-').collect();
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        ["00", trace, span, flags] if hex(trace, 32) && hex(span, 16) && hex(flags, 2) => {
+            Some(format!("00-{trace}-{:016x}-{flags}", rand::random::<u64>() | 1))
+        }
+        _ => None,
+    }
+}
+
 /// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
 pub fn trace_id(headers: &Headers) -> Option<String> {
     let value = text_header(headers, TRACEPARENT)?;
@@ -192,6 +210,16 @@ mod tests {
             let headers = vec![(RETRY_BACKOFF_TIMESTAMP.to_owned(), big_integer_bytes(v))];
             assert_eq!(big_integer_header(&headers, RETRY_BACKOFF_TIMESTAMP), Some(v), "{v}");
         }
+    }
+
+    #[test]
+    fn children_keep_the_trace_and_get_a_new_span() {
+        let parent = new_traceparent();
+        let child = child_traceparent(&parent).unwrap();
+        assert_eq!(child.len(), 55);
+        assert_eq!(child[..35], parent[..35], "same version and trace id");
+        assert_ne!(child[36..52], parent[36..52], "new span id");
+        assert_eq!(child_traceparent("01-abc"), None);
     }
 
     #[test]

@@ -407,7 +407,13 @@ impl Core {
     }
 
     /// Writes the effects not already done; returns how many were skipped as duplicates.
-    fn apply(&mut self, effects: Vec<Effect>) -> Result<usize> {
+    /// Writes the effects of `input` not already done; returns how many were skipped as
+    /// duplicates. Records carry `input`'s trace on as a child span (W3C `traceparent`).
+    fn apply(&mut self, input: &Input, effects: Vec<Effect>) -> Result<usize> {
+        let trace = headers::header(&input.headers, headers::TRACEPARENT)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(headers::child_traceparent);
+        let tracestate = headers::header(&input.headers, headers::TRACESTATE).map(<[u8]>::to_vec);
         let mut duplicates = 0;
         for effect in effects {
             let done = |key: &str| self.dedup.contains(key) || self.batch.pending_keys.contains(key);
@@ -420,6 +426,12 @@ impl Core {
             for record in &effect.records {
                 let mut record = record.clone();
                 headers::set_header(&mut record.headers, headers::DEDUP_KEY, effect.dedup_key.as_bytes().to_vec());
+                if let Some(trace) = &trace {
+                    headers::set_header(&mut record.headers, headers::TRACEPARENT, trace.as_bytes().to_vec());
+                    if let Some(state) = &tracestate {
+                        headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
+                    }
+                }
                 self.produce(&record)?;
             }
             self.batch.pending_keys.insert(effect.dedup_key);
@@ -823,7 +835,7 @@ fn run_blocking<S: Stage>(
                 }
             }
             core.batch.note_input(&input);
-            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(effects).map_err(|e| e.to_string()));
+            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(&input, effects).map_err(|e| e.to_string()));
             match applied {
                 Ok(duplicates) => {
                     events::record_processed(stage_name, duplicates);

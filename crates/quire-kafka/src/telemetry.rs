@@ -1,21 +1,27 @@
-//! Logs and metrics. Logs are JSON lines on stderr (fields: stage, instance_id, block and
-//! dataset ids, request_id where known); `http` serves the metrics for Prometheus.
+//! Logs and metrics. Logs go to stderr: JSON lines (fields: stage, instance_id, block and
+//! dataset ids, request_id where known) unless stderr is a terminal, where people read
+//! them as text (`QUIRE_LOG_FORMAT=json|text` decides instead); `http` serves the
+//! metrics for Prometheus.
 //!
 //! [`events`] is the one place that defines what a stage reports: each function writes
 //! one structured log line and bumps its metric, so the two never disagree.
 
 use tracing_subscriber::EnvFilter;
 
-/// Installs the JSON log subscriber (level from `RUST_LOG`, default `info`).
+/// Installs the log subscriber (level from `RUST_LOG`, default `info`).
 pub fn init_logging() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
-        .flatten_event(true)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let json = match std::env::var("QUIRE_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let _ = if json {
+        builder.json().with_current_span(false).flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
+    };
 }
 
 /// Metric names, in one place.

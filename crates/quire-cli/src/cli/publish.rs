@@ -9,6 +9,8 @@ use quire_core::records::{now_ms, DatasetSubmission};
 use quire_kafka::codec::schema_text;
 use quire_kafka::config::TopicNames;
 use quire_kafka::{Codec, KafkaArgs};
+use quire_kafka::headers;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -120,8 +122,10 @@ pub fn submissions(args: &Args, documents: &[Document]) -> anyhow::Result<Vec<Da
         .collect())
 }
 
-/// Publishes the records; returns how many were acknowledged.
-pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool) -> anyhow::Result<usize> {
+/// Publishes the records as one trace (W3C `traceparent` on every record); returns how
+/// many were acknowledged and the trace id.
+pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool) -> anyhow::Result<(usize, String)> {
+    let traceparent = headers::new_traceparent();
     let topic = TopicNames::new(&kafka.topic_prefix).ingest();
     let codec = Codec::new(&kafka.schema_registry_url)?;
     codec.register(&topic, schema_text("DatasetSubmission")?).await?;
@@ -133,7 +137,13 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
     for record in records {
         let payload = codec.encode(&topic, record).await?;
         producer
-            .send(FutureRecord::to(&topic).key(&record.idempotency_key).payload(&payload), Duration::from_secs(30))
+            .send(
+                FutureRecord::to(&topic)
+                    .key(&record.idempotency_key)
+                    .payload(&payload)
+                    .headers(OwnedHeaders::new().insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent) })),
+                Duration::from_secs(30),
+            )
             .await
             .map_err(|(e, _)| anyhow::anyhow!("publishing document {}: {e}", record.document_id))?;
         sent += 1;
@@ -141,18 +151,20 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
     }
     producer.flush(Duration::from_secs(30))?;
     progress.finish_and_clear();
-    Ok(sent)
+    let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_owned();
+    Ok((sent, trace_id))
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let documents = read_dataset(&args.path)?;
     let records = submissions(&args, &documents)?;
-    let sent = publish(&args.kafka, &records, args.quiet).await?;
+    let (sent, trace_id) = publish(&args.kafka, &records, args.quiet).await?;
     let first = &records[0];
     println!("dataset:         {}", first.dataset_id);
     println!("documents:       {sent}");
     println!("idempotency key: {}", first.idempotency_key);
     println!("request id:      {}", first.request_id);
+    println!("trace id:        {trace_id}");
     Ok(ExitCode::SUCCESS)
 }
 
