@@ -1,25 +1,71 @@
 //! Every service's HTTP endpoint: `/metrics` for Prometheus, `/health/live`,
-//! `/health/ready`, plus routes a stage adds (inference: `/health/engines`).
+//! `/health/ready` (partitions assigned, broker and registry reachable; JSON naming what
+//! is not), plus routes a stage adds (inference: `/health/engines`).
 
+use crate::{Codec, KafkaArgs};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Whether the service is ready: set once its processing loop consumes.
+/// Whether the service is ready: it has work (a stage: partitions assigned; the
+/// watchdog: a successful poll) and, when asked, reaches the broker and the registry.
 #[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    assigned: Arc<AtomicBool>,
+    dependencies: Option<Arc<Dependencies>>,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").field("assigned", &self.is_assigned()).field("checks_dependencies", &self.dependencies.is_some()).finish()
+    }
+}
+
+/// What `/health/ready` checks on each request.
+struct Dependencies {
+    codec: Codec,
+    broker: Arc<Mutex<BaseConsumer>>,
+}
 
 impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    /// The same flag, and the broker and registry of `args` checked on each request.
+    pub fn checking(self, args: &KafkaArgs) -> crate::Result<Self> {
+        let broker: BaseConsumer = args.client_config().set("group.id", "quire-readiness").create()?;
+        let dependencies = Dependencies { codec: Codec::new(&args.schema_registry_url)?, broker: Arc::new(Mutex::new(broker)) };
+        Ok(Readiness { dependencies: Some(Arc::new(dependencies)), ..self })
     }
-    pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+
+    pub fn set(&self, assigned: bool) {
+        self.assigned.store(assigned, Ordering::SeqCst);
+    }
+
+    pub fn is_assigned(&self) -> bool {
+        self.assigned.load(Ordering::SeqCst)
+    }
+
+    /// The readiness report: 200 when everything is fine, else 503 naming what is not.
+    async fn report(&self) -> (StatusCode, Json<serde_json::Value>) {
+        let assigned = self.is_assigned();
+        let (mut broker, mut registry) = (Ok(()), Ok(()));
+        if let Some(deps) = &self.dependencies {
+            registry = deps.codec.ping().await.map_err(|e| e.to_string());
+            let client = deps.broker.clone();
+            broker = tokio::task::spawn_blocking(move || {
+                client.lock().expect("readiness client").fetch_metadata(None, Duration::from_secs(3)).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        }
+        let ready = assigned && broker.is_ok() && registry.is_ok();
+        let show = |r: &Result<(), String>| r.as_ref().map_or_else(|e| format!("unreachable: {e}"), |_| "ok".to_owned());
+        let body = serde_json::json!({"ready": ready, "assigned": assigned, "broker": show(&broker), "registry": show(&registry)});
+        (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
     }
 }
 
@@ -56,14 +102,8 @@ fn router(handle: PrometheusHandle, readiness: Readiness) -> Router {
         .route(
             "/health/ready",
             get(move || {
-                let ready = readiness.is_ready();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    }
-                }
+                let readiness = readiness.clone();
+                async move { readiness.report().await }
             }),
         )
 }

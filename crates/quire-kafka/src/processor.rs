@@ -25,6 +25,7 @@
 //! the async runtime only to call [`Stage::process`].
 
 use crate::cancel::CanceledDatasets;
+use crate::http::Readiness;
 use crate::config::{DeliveryMode, KafkaArgs, TopicNames};
 use crate::dedup::DedupIndex;
 use crate::headers::{self, DltOrigin, Headers};
@@ -145,6 +146,8 @@ pub struct StageContext {
     pub names: TopicNames,
     pub codec: Codec,
     pub canceled: CanceledDatasets,
+    /// Set while the stage has partitions assigned (`/health/ready`).
+    pub readiness: Readiness,
 }
 
 impl StageContext {
@@ -153,6 +156,7 @@ impl StageContext {
         let canceled = CanceledDatasets::follow(args, &names.control())?;
         Ok(StageContext {
             canceled,
+            readiness: Readiness::default(),
             stage,
             group: names.group(stage),
             instance_id: args.instance_id.clone(),
@@ -283,6 +287,7 @@ struct Core {
     fatal: Option<Error>,
     txn_timeout: Duration,
     pauses: Pauses,
+    readiness: Readiness,
 }
 
 /// Partitions the loop paused: where each resumes reading (`None`: where the consumer
@@ -663,8 +668,12 @@ impl ConsumerContext for LoopContext {
         // Revoked partitions are read again from their committed offsets, where a
         // deferred record is met (and deferred) again: no pause outlives a rebalance.
         core.pauses = Pauses::default();
+        if let Rebalance::Revoke(_) = rebalance {
+            core.readiness.set(false);
+        }
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions assigned");
+            core.readiness.set(partitions.count() > 0);
             if let Err(e) = consumer.resume(partitions) {
                 tracing::warn!(error = %e, "could not resume newly assigned partitions");
             }
@@ -740,6 +749,7 @@ fn run_blocking<S: Stage>(
         fatal: None,
         txn_timeout,
         pauses: Pauses::default(),
+        readiness: context.readiness.clone(),
     }));
     let consumer: BaseConsumer<LoopContext> = args
         .client_config()

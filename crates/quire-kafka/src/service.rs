@@ -3,7 +3,7 @@
 
 use crate::processor::{self, Stage};
 use crate::topics::{register_schemas, TopicsFile};
-use crate::http::{self, Readiness};
+use crate::http;
 use crate::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -42,11 +42,10 @@ pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()
 
 /// [`run_stage`], with the stage's own HTTP routes next to `/metrics` and `/health`.
 pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: axum::Router) -> anyhow::Result<()> {
-    let readiness = Readiness::default();
-    http::serve(&args.metrics_addr, routes, readiness.clone()).await?;
+    let readiness = stage.context().readiness.clone().checking(&args)?;
+    http::serve(&args.metrics_addr, routes, readiness).await?;
     register_all_schemas(&args).await?;
     let shutdown = shutdown_on_signals();
-    readiness.set(true);
     processor::run(stage, args, shutdown).await?;
     Ok(())
 }

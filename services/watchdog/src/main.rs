@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let last: Arc<Mutex<Vec<GroupLag>>> = Arc::default();
     let shown = last.clone();
     let routes = Router::new().route("/watchdog", get(move || std::future::ready(Json(shown.lock().expect("report lock").clone()))));
-    let readiness = quire_kafka::http::Readiness::default();
+    let readiness = quire_kafka::http::Readiness::default().checking(&cli.kafka)?;
     quire_kafka::http::serve(&cli.kafka.metrics_addr, routes, readiness.clone()).await?;
     let groups = pipeline_groups(&cli.kafka);
     let (kafka, cluster, window) = (cli.kafka.clone(), cli.cluster_name.clone(), Duration::from_millis(cli.window_ms));
