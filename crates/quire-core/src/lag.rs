@@ -22,11 +22,15 @@ impl LagTable {
         LagTable { points: VecDeque::new(), capacity: capacity.max(2) }
     }
 
-    /// Records the log-end offset seen at `at_ms`. An unchanged offset keeps its first
-    /// time: the log reached it then.
+    /// Records the log-end offset seen at `at_ms`. A run of unchanged offsets keeps its
+    /// first and last time: the log reached the offset at the first, and stayed there
+    /// until the last, so records written after an idle stretch are not spread over it.
     pub fn record(&mut self, end_offset: i64, at_ms: i64) {
+        let len = self.points.len();
         match self.points.back() {
-            Some(&(last, _)) if end_offset == last => {}
+            Some(&(last, _)) if end_offset == last && len >= 2 && self.points[len - 2].0 == last => {
+                self.points[len - 1].1 = at_ms;
+            }
             // The log shrank (topic recreated): start over.
             Some(&(last, _)) if end_offset < last => {
                 self.points.clear();
@@ -56,7 +60,8 @@ impl LagTable {
         let index = self.points.iter().position(|&(offset, _)| offset >= committed).unwrap_or(self.points.len() - 1).max(1);
         let (o0, t0) = self.points[index - 1];
         let (o1, t1) = self.points[index];
-        let reached_at = t0 as f64 + (committed - o0) as f64 * (t1 - t0) as f64 / (o1 - o0) as f64;
+        // Before a flat start of the table all that is known is that it is older.
+        let reached_at = if o1 == o0 { t0 as f64 } else { t0 as f64 + (committed - o0) as f64 * (t1 - t0) as f64 / (o1 - o0) as f64 };
         ((now_ms as f64 - reached_at) / 1000.0).max(0.0)
     }
 }
@@ -175,20 +180,37 @@ mod tests {
         assert!(table.lag_seconds(0, 0).is_nan());
         table.record(100, 10_000);
         assert!(table.lag_seconds(50, 20_000).is_nan(), "one point is not enough");
+        table.record(100, 12_000);
         table.record(100, 15_000);
         table.record(200, 20_000);
-        // Offset 150 was reached half way between 10 s and 20 s.
-        assert_eq!(table.lag_seconds(150, 30_000), 15.0);
+        // The log stayed at 100 until 15 s: offset 150 was reached half way to 20 s.
+        assert_eq!(table.lag_seconds(150, 30_000), 12.5);
         assert_eq!(table.lag_seconds(200, 30_000), 0.0);
         assert_eq!(table.lag_seconds(250, 30_000), 0.0);
-        // Before the table: extrapolated from its two oldest points.
-        assert_eq!(table.lag_seconds(50, 30_000), 25.0);
+        // Before a flat start: at least as old as the table.
+        assert_eq!(table.lag_seconds(50, 30_000), 20.0);
+        table.record(300, 22_000);
+        // Before the table: extrapolated from its two oldest points, here 100 → 300.
+        let mut moving = LagTable::new(10);
+        moving.record(100, 10_000);
+        moving.record(300, 20_000);
+        assert_eq!(moving.lag_seconds(50, 30_000), 22.5);
+    }
+
+    #[test]
+    fn a_burst_after_an_idle_hour_is_not_spread_over_the_hour() {
+        let mut table = LagTable::new(10);
+        for minute in 0..=60 {
+            table.record(1_000, minute * 60_000);
+        }
+        table.record(1_100, 3_605_000);
+        assert_eq!(table.lag_seconds(1_050, 3_606_000), 3.5);
     }
 
     #[test]
     fn the_table_is_bounded_and_restarts_when_the_log_shrinks() {
         let mut table = LagTable::new(3);
-        for (i, offset) in [10, 20, 30, 40].into_iter().enumerate() {
+        for (i, offset) in [10, 20, 30, 40, 40, 40].into_iter().enumerate() {
             table.record(offset, i as i64 * 1000);
         }
         assert_eq!(table.points.len(), 3);

@@ -673,7 +673,8 @@ impl ConsumerContext for LoopContext {
         }
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(partitions = partitions.count(), "partitions assigned");
-            core.readiness.set(partitions.count() > 0);
+            // Ready once the dedup index has caught up (in the loop), even with no
+            // partitions: an instance beyond the partition count is a healthy spare.
             if let Err(e) = consumer.resume(partitions) {
                 tracing::warn!(error = %e, "could not resume newly assigned partitions");
             }
@@ -763,6 +764,7 @@ fn run_blocking<S: Stage>(
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .create_with_context(LoopContext { core: core.clone() })?;
+    events::stage_started(stage_name);
     let inputs = stage.input_topics();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
     tracing::info!(
@@ -797,6 +799,7 @@ fn run_blocking<S: Stage>(
             match core.dedup.catch_up(CATCH_UP_TIMEOUT) {
                 Ok(read) => {
                     core.needs_catch_up = false;
+                    core.readiness.set(true);
                     tracing::debug!(stage = stage_name, records = read, "dedup index caught up");
                 }
                 Err(e) => break Err(e),

@@ -59,6 +59,14 @@ pub mod events {
         tracing::warn!(stage, instance_id, dedup_key = key, class = %failure.class, cause = failure.cause, reason = %failure.reason, "record dead-lettered");
     }
 
+    /// Creates the stage's counters at 0, so that rates over them (and alerts on those
+    /// rates) exist before the first commit or abort.
+    pub fn stage_started(stage: &'static str) {
+        for name in [names::RECORDS, names::BATCHES_COMMITTED, names::BATCHES_ABORTED] {
+            metrics::counter!(name, "stage" => stage).increment(0);
+        }
+    }
+
     pub fn batch_committed(stage: &'static str, inputs: usize, effects: usize) {
         metrics::counter!(names::BATCHES_COMMITTED, "stage" => stage).increment(1);
         tracing::debug!(stage, inputs, effects, "batch committed");

@@ -34,6 +34,8 @@ pub mod names {
     pub const GROUP_STATUS: &str = "quire_consumergroup_status";
     /// Records the group committed past per second, over the last poll.
     pub const GROUP_THROUGHPUT: &str = "quire_consumergroup_throughput_records_per_second";
+    /// When the watchdog last sampled the groups, epoch seconds.
+    pub const LAST_POLL: &str = "quire_watchdog_last_poll_timestamp_seconds";
 }
 
 /// One partition of one group, as last polled.
@@ -43,7 +45,7 @@ pub struct PartitionLag {
     pub partition: i32,
     pub earliest_offset: i64,
     pub latest_offset: i64,
-    /// None until the group commits on this partition.
+    /// None until the group commits on this partition (lag then counts from the start).
     pub committed: Option<i64>,
     pub lag: i64,
     /// NaN while there are too few samples to tell (serialized as null).
@@ -131,92 +133,113 @@ impl LagWatch {
         assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
         self.probe.assign(&assignment)?;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        // Some(answer) when sure; None (an error, a timeout) is asked again next time.
         let answer = loop {
             match self.probe.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => break message.offset() < to,
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break false,
-                Some(Err(_)) => break true,
-                None if std::time::Instant::now() >= deadline => break true,
+                Some(Ok(message)) => break Some(message.offset() < to),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break Some(false),
+                Some(Err(_)) => break None,
+                None if std::time::Instant::now() >= deadline => break None,
                 None => {}
             }
         };
         self.probe.unassign()?;
-        self.probed.insert(key, (from, to, answer));
-        Ok(answer)
+        if let Some(answer) = answer {
+            self.probed.insert(key, (from, to, answer));
+        }
+        Ok(answer.unwrap_or(true))
     }
 
     /// Samples every group once at `now_ms`.
     pub fn poll(&mut self, now_ms: i64) -> Result<Vec<GroupLag>> {
         let mut reports = Vec::new();
         for (group, topics) in self.groups.clone() {
-            let mut wanted = TopicPartitionList::new();
-            let mut ends = HashMap::new();
-            for topic in &topics {
-                let metadata = self.watermarks.fetch_metadata(Some(topic), TIMEOUT)?;
-                let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
-                for partition in 0..partitions {
-                    let (low, high) = self.watermarks.fetch_watermarks(topic, partition, TIMEOUT)?;
-                    ends.insert((topic.clone(), partition), (low, high));
-                    self.tables.entry((topic.clone(), partition)).or_insert_with(|| LagTable::new(120)).record(high, now_ms);
-                    wanted.add_partition(topic, partition);
-                }
+            // One group's trouble (a partition without a leader, say) hides no other.
+            match self.poll_group(group.clone(), &topics, now_ms) {
+                Ok(report) => reports.push(report),
+                Err(e) => tracing::error!(group = %group, error = %e, "could not sample this group's lag"),
             }
-            let committed = self.offsets[&group].committed_offsets(wanted, TIMEOUT)?;
-            let mut partitions = Vec::new();
-            for element in committed.elements() {
-                let key = (element.topic().to_owned(), element.partition());
-                let (earliest, latest) = ends[&key];
-                let committed = match element.offset() {
-                    Offset::Offset(o) => Some(o),
-                    _ => None,
-                };
-                let mut lag = committed.map_or(0, |c| (latest - c).max(0));
-                if let Some(c) = committed.filter(|_| (1..=MARKER_SLACK).contains(&lag)) {
-                    if !self.has_records(&key.0, key.1, c, latest)? {
-                        lag = 0;
-                    }
-                }
-                let lag_seconds = match committed {
-                    None => f64::NAN,
-                    Some(_) if lag == 0 => 0.0,
-                    Some(c) => self.tables[&key].lag_seconds(c, now_ms),
-                };
-                let window = self.windows.entry((group.clone(), key.0.clone(), key.1)).or_insert_with(|| Window::new(self.window_ms));
-                if let Some(c) = committed {
-                    window.record(OffsetSample { committed: c, lag, at_ms: now_ms });
-                }
-                partitions.push(PartitionLag {
-                    topic: key.0,
-                    partition: key.1,
-                    earliest_offset: earliest,
-                    latest_offset: latest,
-                    committed,
-                    lag,
-                    lag_seconds,
-                    status: window.status(),
-                });
-            }
-            let total_committed: i64 = partitions.iter().filter_map(|p| p.committed).sum();
-            let throughput = match self.previous_committed.insert(group.clone(), (total_committed, now_ms)) {
-                Some((before, at)) if now_ms > at => ((total_committed - before).max(0) as f64) * 1000.0 / (now_ms - at) as f64,
-                _ => 0.0,
-            };
-            reports.push(GroupLag {
-                status: group_status(partitions.iter().map(|p| p.status)),
-                max_lag: partitions.iter().map(|p| p.lag).max().unwrap_or(0),
-                max_lag_seconds: partitions.iter().map(|p| p.lag_seconds).filter(|s| !s.is_nan()).fold(0.0, f64::max),
-                sum_lag: partitions.iter().map(|p| p.lag).sum(),
-                throughput_per_second: throughput,
-                group,
-                partitions,
-            });
+        }
+        if reports.is_empty() && !self.groups.is_empty() {
+            return Err(crate::Error::Other("no group could be sampled".into()));
         }
         Ok(reports)
+    }
+
+    fn poll_group(&mut self, group: String, topics: &[String], now_ms: i64) -> Result<GroupLag> {
+        let mut wanted = TopicPartitionList::new();
+        let mut ends = HashMap::new();
+        for topic in topics {
+            let metadata = self.watermarks.fetch_metadata(Some(topic), TIMEOUT)?;
+            let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
+            for partition in 0..partitions {
+                let (low, high) = self.watermarks.fetch_watermarks(topic, partition, TIMEOUT)?;
+                ends.insert((topic.clone(), partition), (low, high));
+                self.tables.entry((topic.clone(), partition)).or_insert_with(|| LagTable::new(120)).record(high, now_ms);
+                wanted.add_partition(topic, partition);
+            }
+        }
+        let committed = self.offsets[&group].committed_offsets(wanted, TIMEOUT)?;
+        let mut partitions = Vec::new();
+        for element in committed.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            let (earliest, latest) = ends[&key];
+            let committed = match element.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            // A group that never committed reads from the start (auto.offset.reset).
+            let position = committed.unwrap_or(earliest);
+            let mut lag = (latest - position).max(0);
+            if (1..=MARKER_SLACK).contains(&lag) && !self.has_records(&key.0, key.1, position, latest)? {
+                lag = 0;
+            }
+            // A retry topic's records wait their delay by design: only overdue counts.
+            let delay = quire_core::retry::retry_delay(&key.0);
+            let lag_seconds = match lag {
+                0 => 0.0,
+                _ => {
+                    let behind = self.tables[&key].lag_seconds(position, now_ms);
+                    delay.map_or(behind, |d| (behind - d.as_secs_f64()).max(0.0))
+                }
+            };
+            let window = self.windows.entry((group.clone(), key.0.clone(), key.1)).or_insert_with(|| Window::new(self.window_ms));
+            if delay.is_none() {
+                window.record(OffsetSample { committed: position, lag, at_ms: now_ms });
+            }
+            partitions.push(PartitionLag {
+                topic: key.0,
+                partition: key.1,
+                earliest_offset: earliest,
+                latest_offset: latest,
+                committed,
+                lag,
+                lag_seconds,
+                status: window.status(),
+            });
+        }
+        let total_committed: i64 = partitions.iter().filter_map(|p| p.committed).sum();
+        let throughput = match self.previous_committed.insert(group.clone(), (total_committed, now_ms)) {
+            Some((before, at)) if now_ms > at => ((total_committed - before).max(0) as f64) * 1000.0 / (now_ms - at) as f64,
+            _ => 0.0,
+        };
+        let seconds: Vec<f64> = partitions.iter().map(|p| p.lag_seconds).filter(|s| !s.is_nan()).collect();
+        Ok(GroupLag {
+            status: group_status(partitions.iter().map(|p| p.status)),
+            max_lag: partitions.iter().map(|p| p.lag).max().unwrap_or(0),
+            // NaN while no partition with lag can tell its age yet.
+            max_lag_seconds: if seconds.is_empty() && partitions.iter().any(|p| p.lag > 0) { f64::NAN } else { seconds.into_iter().fold(0.0, f64::max) },
+            sum_lag: partitions.iter().map(|p| p.lag).sum(),
+            throughput_per_second: throughput,
+            group,
+            partitions,
+        })
     }
 
     /// Sets the metrics of `reports`.
     pub fn export(&self, reports: &[GroupLag]) {
         let cluster = self.cluster.clone();
+        metrics::gauge!(names::LAST_POLL, "cluster_name" => cluster.clone()).set(quire_core::records::now_ms() as f64 / 1000.0);
         for report in reports {
             let group = report.group.clone();
             let labels = [("cluster_name", cluster.clone()), ("group", group.clone())];

@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = quire_kafka::service::shutdown_on_signals();
     let mut statuses: HashMap<String, &'static str> = HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(cli.interval_ms));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
