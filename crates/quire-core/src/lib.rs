@@ -8,6 +8,7 @@
 //! - [`failure`]: error classes, decided by the action a failure calls for.
 //! - [`retry`]: the retry schedule and retry-topic names.
 //! - [`lag`]: consumer lag in offsets and seconds, and Burrow-style status, from samples.
+//! - [`stall`]: which blocks sit in one state too long, and whether to re-drive them.
 //! - [`breaker`]: the circuit breaker state machine engines run behind.
 //! - [`rules`]: the validator's output rules.
 
@@ -19,6 +20,7 @@ pub mod records;
 pub mod retry;
 pub mod rules;
 pub mod split;
+pub mod stall;
 pub mod state;
 
 pub use failure::{ErrorClass, Failure, Policy};

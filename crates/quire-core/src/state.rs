@@ -2,7 +2,8 @@
 //!
 //! PENDING → CLAIMED → QUEUED → PROCESSING → VALIDATING → COMPLETED, with ERROR and
 //! CANCELED as exits from any live state. A block goes back to QUEUED from PROCESSING
-//! (rescheduled for a retry), from VALIDATING (re-driven) and from ERROR (replayed).
+//! (rescheduled for a retry), from VALIDATING (re-driven), from ERROR (replayed) and
+//! from QUEUED itself (a queued record that was lost, re-driven).
 //! Events read from topics can carry any pair, so the check is a runtime function whose
 //! error names the block, the from and the to; callers log it and apply nothing.
 
@@ -63,7 +64,7 @@ impl BlockState {
             | (Queued, Processing)
             | (Processing, Validating)
             | (Validating, Completed)
-            | (Processing | Validating | Error, Queued) => true,
+            | (Queued | Processing | Validating | Error, Queued) => true,
             (from, Error | Canceled) => !from.is_terminal() && from != to,
             _ => false,
         }
@@ -151,6 +152,8 @@ mod tests {
         assert!(Processing.can_become(Queued));
         assert!(Validating.can_become(Queued));
         assert!(Error.can_become(Queued));
+        assert!(Queued.can_become(Queued));
+        assert!(!Processing.can_become(Processing));
         assert!(!Completed.can_become(Queued));
         assert!(!Canceled.can_become(Queued));
         assert!(!Validating.can_become(Processing));

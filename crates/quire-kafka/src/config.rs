@@ -169,6 +169,17 @@ impl TopicNames {
     pub fn dead_letter(topic: &str) -> String {
         format!("{}-dlt", retry::base_topic(topic))
     }
+    /// The queued topic and its retry topics: where a block waits for inference.
+    pub fn queued_and_retries(&self, schedule: &RetrySchedule) -> Vec<String> {
+        let queued = self.queued();
+        let mut topics = TopicNames::retries(&queued, schedule);
+        topics.insert(0, queued);
+        topics
+    }
+    /// The dead-letter topics of the three stages that dead-letter.
+    pub fn dead_letters(&self) -> Vec<String> {
+        [self.ingest(), self.queued(), self.results()].iter().map(|t| TopicNames::dead_letter(t)).collect()
+    }
     /// The retry topics of `topic`, one per delay of `schedule`.
     pub fn retries(topic: &str, schedule: &RetrySchedule) -> Vec<String> {
         schedule.delays().iter().map(|d| retry::retry_topic(topic, *d)).collect()

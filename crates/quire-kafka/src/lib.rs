@@ -13,6 +13,7 @@
 //! - [`stages`]: the four pipeline stages (claimer, inference, validator, quarantine).
 //! - [`service`]: what every stage binary does around its stage (signals, start-up).
 //! - [`watchdog`]: consumer-group lag in offsets and seconds, and group status, for `quire-watchdog`.
+//! - [`stalls`]: the block watchdog: blocks stuck in one state, re-driven or quarantined.
 //! - [`telemetry`]: JSON logs, and every event a stage reports with its metric.
 //! - [`http`]: `/metrics` and `/health/*` on every service.
 
@@ -27,6 +28,7 @@ pub mod processor;
 pub mod reader;
 pub mod service;
 pub mod stages;
+pub mod stalls;
 pub mod telemetry;
 pub mod topics;
 pub mod watchdog;

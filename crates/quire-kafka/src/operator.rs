@@ -1,4 +1,5 @@
-//! Operator actions on blocks (`quire dlq replay`, `quire redrive`, `quire cancel`).
+//! Actions on blocks taken outside the stages: by a person (`quire dlq replay`, `quire
+//! redrive`, `quire cancel`) or by the block watchdog (re-drive, quarantine as stalled).
 //!
 //! Each action writes its records and their audit events in one Kafka transaction, so
 //! it is visible whole or not at all, and goes through the block state machine like any
@@ -10,36 +11,50 @@ use crate::headers::{self, Headers};
 use crate::processor::OutputRecord;
 use crate::{Codec, Error, Result};
 use quire_core::records::{now_ms, Block, StateChange};
+use quire_core::stall::OPERATOR_STAGE;
 use quire_core::{state, BlockState};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use crate::stages::block_headers;
+use rdkafka::producer::{BaseProducer, Producer};
 use serde::Serialize;
 use std::time::Duration;
 
-/// A transactional producer acting for a person.
+/// A transactional producer acting for a person or a service.
 pub struct Operator {
     producer: BaseProducer,
     codec: Codec,
     names: TopicNames,
-    /// Who acts, for the audit trail (`$USER`).
+    /// The `stage` of the audit events written.
+    stage: String,
+    /// Who acts, for the audit trail (`$USER`, or the service's instance id).
     pub who: String,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Operator {
-    /// An operator for `action` (part of its transactional id).
+    /// A person running `action` (part of a transactional id of its own).
     pub fn new(args: &KafkaArgs, action: &str) -> Result<Self> {
-        let transactional_id = format!("{}-operator-{action}-{:08x}", args.topic_prefix, rand::random::<u32>());
+        let transactional_id = format!("{}-{OPERATOR_STAGE}-{action}-{:08x}", args.topic_prefix, rand::random::<u32>());
+        let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+        Operator::acting_as(args, &transactional_id, OPERATOR_STAGE, who)
+    }
+
+    /// A service (`stage`) acting under its stable transactional id, so that a restarted
+    /// instance fences its predecessor.
+    pub fn service(args: &KafkaArgs, stage: &str) -> Result<Self> {
+        let transactional_id = format!("{}-{stage}-{}", args.topic_prefix, args.instance_id);
+        Operator::acting_as(args, &transactional_id, stage, args.instance_id.clone())
+    }
+
+    fn acting_as(args: &KafkaArgs, transactional_id: &str, stage: &str, who: String) -> Result<Self> {
         let producer: BaseProducer = args
             .client_config()
-            .set("transactional.id", &transactional_id)
+            .set("transactional.id", transactional_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()?;
         producer.init_transactions(TIMEOUT)?;
-        let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-        Ok(Operator { producer, codec: Codec::new(&args.schema_registry_url)?, names: TopicNames::new(&args.topic_prefix), who })
+        Ok(Operator { producer, codec: Codec::new(&args.schema_registry_url)?, names: TopicNames::new(&args.topic_prefix), stage: stage.to_owned(), who })
     }
 
     pub fn names(&self) -> &TopicNames {
@@ -63,7 +78,7 @@ impl Operator {
             dataset_id: dataset_id.to_owned(),
             from_state: from,
             to_state: to,
-            stage: "operator".into(),
+            stage: self.stage.clone(),
             instance_id: self.who.clone(),
             reason: Some(reason.to_owned()),
             request_id: request_id.to_owned(),
@@ -78,11 +93,7 @@ impl Operator {
     pub async fn requeue(&self, block: &Block, from: BlockState, reason: &str) -> Result<Vec<OutputRecord>> {
         let audit = self.transition(&block.block_id, &block.dataset_id, &block.request_id, from, BlockState::Queued, reason).await?;
         let next = Block { attempt: 0, generation: block.generation + 1, state: BlockState::Queued, updated_at_ms: now_ms(), ..block.clone() };
-        let headers = vec![
-            (headers::IDEMPOTENCY_KEY.to_owned(), block.idempotency_key.as_bytes().to_vec()),
-            (headers::REQUEST_ID.to_owned(), block.request_id.as_bytes().to_vec()),
-            (headers::DATASET_ID.to_owned(), block.dataset_id.as_bytes().to_vec()),
-        ];
+        let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         let queued = self.encode(&self.names.queued(), &block.block_id, &next, headers).await?;
         Ok(vec![audit, queued])
     }
@@ -92,12 +103,7 @@ impl Operator {
         let write = || -> Result<()> {
             self.producer.begin_transaction()?;
             for record in records {
-                let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-                for (name, value) in &record.headers {
-                    headers = headers.insert(Header { key: name, value: Some(value) });
-                }
-                let base = BaseRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(headers);
-                self.producer.send(base).map_err(|(e, _)| Error::Kafka(e))?;
+                self.producer.send(record.base_record()).map_err(|(e, _)| Error::Kafka(e))?;
             }
             self.producer.commit_transaction(TIMEOUT)?;
             Ok(())

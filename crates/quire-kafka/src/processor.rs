@@ -57,7 +57,7 @@ pub struct Input {
 }
 
 impl Input {
-    fn from_message<M: Message>(message: &M) -> Self {
+    pub(crate) fn from_message<M: Message>(message: &M) -> Self {
         let (timestamp_ms, timestamp_type) = match message.timestamp() {
             Timestamp::CreateTime(t) => (t, "CreateTime"),
             Timestamp::LogAppendTime(t) => (t, "LogAppendTime"),
@@ -96,6 +96,17 @@ pub struct OutputRecord {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Headers,
+}
+
+impl OutputRecord {
+    /// The record as librdkafka sends it.
+    pub fn base_record(&self) -> BaseRecord<'_, String, Vec<u8>> {
+        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            headers = headers.insert(Header { key: name, value: Some(value) });
+        }
+        BaseRecord::to(&self.topic).key(&self.key).payload(&self.payload).headers(headers)
+    }
 }
 
 /// The records one input causes under one dedup key. At least one of them must be on
@@ -394,11 +405,7 @@ impl Core {
     }
 
     fn produce(&mut self, record: &OutputRecord) -> Result<()> {
-        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-        for (name, value) in &record.headers {
-            headers = headers.insert(Header { key: name, value: Some(value) });
-        }
-        let mut base = BaseRecord::to(&record.topic).key(&record.key).payload(&record.payload).headers(headers);
+        let mut base = record.base_record();
         loop {
             match self.producer.send(base) {
                 Ok(()) => return Ok(()),

@@ -7,7 +7,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::HashSet;
+use crate::processor::Input;
+use rdkafka::Message;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// Logs a client error, except reaching the end of a partition, which is normal.
@@ -101,6 +103,44 @@ impl TopicReader {
         }
         self.consumer.unassign()?;
         Ok(read)
+    }
+
+    /// The records of `topic` written since the last call with the same `positions`
+    /// (partition → next offset; all of it at first), which it moves forward.
+    pub fn read_new(&self, topic: &str, positions: &mut HashMap<i32, i64>, timeout: Duration) -> Result<Vec<Input>> {
+        let mut records = Vec::new();
+        self.read_to_end(topic, |p| positions.get(&p).copied(), timeout, |m| records.push(Input::from_message(m)))?;
+        for record in &records {
+            positions.insert(record.partition, record.offset + 1);
+        }
+        Ok(records)
+    }
+
+    /// The record at `topic/partition/offset`, if a `read_committed` consumer can see it.
+    pub fn read_at(&self, topic: &str, partition: i32, offset: i64, timeout: Duration) -> Result<Option<Input>> {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        self.consumer.assign(&assignment)?;
+        let deadline = Instant::now() + timeout;
+        let found = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                let _ = self.consumer.unassign();
+                return Err(Error::Other(format!("reading {topic}/{partition}/{offset}: nothing came in {timeout:?}")));
+            }
+            match self.consumer.poll(remaining.min(Duration::from_millis(200))) {
+                Some(Ok(message)) if message.offset() == offset => break Some(Input::from_message(&message)),
+                // The offset holds a marker or an aborted record: the next one is not it.
+                Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => break None,
+                Some(Err(e)) => {
+                    let _ = self.consumer.unassign();
+                    return Err(e.into());
+                }
+                None => {}
+            }
+        };
+        self.consumer.unassign()?;
+        Ok(found)
     }
 
     /// Follows `topic` from `start(partition)` (None: the beginning), calling

@@ -1,12 +1,15 @@
-//! quire-watchdog: watches the pipeline's consumer groups. Every interval it samples each
-//! group's lag (offsets and seconds) and Burrow-style status, exports them under
-//! kafka-lag-exporter's names at `/metrics`, serves the last report at `/watchdog`, and
-//! logs every status change.
+//! quire-watchdog: watches the pipeline. Every interval it samples each consumer group's
+//! lag (offsets and seconds) and Burrow-style status, exported under kafka-lag-exporter's
+//! names at `/metrics` and served at `/watchdog`, with a log line per status change; and
+//! it judges the blocks (`/watchdog/blocks`): one left in a state past its TTL after its
+//! stage read it is re-driven, a bounded number of times, then quarantined as stalled.
 
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
 use quire_kafka::config::TopicNames;
+use quire_core::stall::{StallPolicy, Stalled};
+use quire_kafka::stalls::StallWatch;
 use quire_kafka::watchdog::{GroupLag, LagWatch};
 use quire_kafka::KafkaArgs;
 use std::collections::HashMap;
@@ -27,21 +30,46 @@ struct Cli {
     /// `cluster_name` label of the lag metrics.
     #[arg(long, env = "QUIRE_CLUSTER_NAME", default_value = "quire")]
     cluster_name: String,
+    /// How long a block may stay QUEUED (must exceed the longest retry delay).
+    #[arg(long, env = "QUIRE_STALL_QUEUED_TTL_MS", default_value_t = 600_000)]
+    stall_queued_ttl_ms: u64,
+    /// How long a block may stay PROCESSING.
+    #[arg(long, env = "QUIRE_STALL_PROCESSING_TTL_MS", default_value_t = 600_000)]
+    stall_processing_ttl_ms: u64,
+    /// How long a block may stay VALIDATING.
+    #[arg(long, env = "QUIRE_STALL_VALIDATING_TTL_MS", default_value_t = 300_000)]
+    stall_validating_ttl_ms: u64,
+    /// Re-drives of a stalled block before it is quarantined.
+    #[arg(long, env = "QUIRE_STALL_MAX_REDRIVES", default_value_t = 2)]
+    stall_max_redrives: u32,
+}
+
+impl Cli {
+    fn stall_policy(&self) -> StallPolicy {
+        StallPolicy {
+            queued: Duration::from_millis(self.stall_queued_ttl_ms),
+            processing: Duration::from_millis(self.stall_processing_ttl_ms),
+            validating: Duration::from_millis(self.stall_validating_ttl_ms),
+            max_redrives: self.stall_max_redrives,
+        }
+    }
 }
 
 /// Every stage's group and the topics it consumes.
 fn pipeline_groups(args: &KafkaArgs) -> Vec<(String, Vec<String>)> {
     let names = TopicNames::new(&args.topic_prefix);
-    let queued = names.queued();
-    let mut inference = vec![queued.clone()];
-    inference.extend(TopicNames::retries(&queued, &args.retry_schedule()));
-    let dead_letters = [names.ingest(), names.queued(), names.results()].iter().map(|t| TopicNames::dead_letter(t)).collect();
     vec![
         (names.group("claimer"), vec![names.ingest()]),
-        (names.group("inference"), inference),
+        (names.group("inference"), names.queued_and_retries(&args.retry_schedule())),
         (names.group("validator"), vec![names.results()]),
-        (names.group("quarantine"), dead_letters),
+        (names.group("quarantine"), names.dead_letters()),
     ]
+}
+
+/// Reads the blocks' news and judges them against the groups' committed offsets.
+async fn judge_blocks(stalls: &mut StallWatch, reports: &[GroupLag]) -> anyhow::Result<Vec<Stalled>> {
+    stalls.catch_up(quire_core::records::now_ms()).await?;
+    Ok(stalls.check(reports, quire_core::records::now_ms()).await?)
 }
 
 #[tokio::main]
@@ -50,13 +78,18 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.kafka.validate().map_err(anyhow::Error::msg)?;
     let last: Arc<Mutex<Vec<GroupLag>>> = Arc::default();
-    let shown = last.clone();
-    let routes = Router::new().route("/watchdog", get(move || std::future::ready(Json(shown.lock().expect("report lock").clone()))));
+    let last_stalled: Arc<Mutex<Vec<Stalled>>> = Arc::default();
+    let (shown, shown_stalled) = (last.clone(), last_stalled.clone());
+    let routes = Router::new()
+        .route("/watchdog", get(move || std::future::ready(Json(shown.lock().expect("report lock").clone()))))
+        .route("/watchdog/blocks", get(move || std::future::ready(Json(shown_stalled.lock().expect("report lock").clone()))));
     let readiness = quire_kafka::http::Readiness::default().checking(&cli.kafka)?;
     quire_kafka::http::serve(&cli.kafka.metrics_addr, routes, readiness.clone()).await?;
     let groups = pipeline_groups(&cli.kafka);
     let (kafka, cluster, window) = (cli.kafka.clone(), cli.cluster_name.clone(), Duration::from_millis(cli.window_ms));
     let mut watch = tokio::task::spawn_blocking(move || LagWatch::new(&kafka, &cluster, groups, window)).await??;
+    let (kafka, policy) = (cli.kafka.clone(), cli.stall_policy());
+    let mut stalls = tokio::task::spawn_blocking(move || StallWatch::new(&kafka, policy)).await??;
     tracing::info!(interval_ms = cli.interval_ms, window_ms = cli.window_ms, "watchdog started");
     let shutdown = quire_kafka::service::shutdown_on_signals();
     let mut statuses: HashMap<String, &'static str> = HashMap::new();
@@ -67,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
-        let now = quire_core::records::now_ms();
+        let (now, started) = (quire_core::records::now_ms(), std::time::Instant::now());
         let (returned, polled) = tokio::task::spawn_blocking(move || {
             let polled = watch.poll(now);
             (watch, polled)
@@ -84,12 +117,19 @@ async fn main() -> anyhow::Result<()> {
                         tracing::warn!(group = %report.group, from = before.unwrap_or("-"), to = report.status, max_lag = report.max_lag, max_lag_seconds = report.max_lag_seconds, "consumer group status changed");
                     }
                 }
+                match judge_blocks(&mut stalls, &reports).await {
+                    Ok(stalled) => *last_stalled.lock().expect("report lock") = stalled,
+                    Err(e) => tracing::error!(error = %e, "could not judge the blocks"),
+                }
                 *last.lock().expect("report lock") = reports;
             }
             Err(e) => {
                 readiness.set(false);
                 tracing::error!(error = %e, "could not sample consumer lag");
             }
+        }
+        if started.elapsed() > Duration::from_millis(cli.interval_ms) {
+            tracing::warn!(took_ms = started.elapsed().as_millis() as u64, interval_ms = cli.interval_ms, "a watchdog round took longer than its interval");
         }
     }
     tracing::info!("watchdog stopped");

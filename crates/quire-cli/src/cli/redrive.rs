@@ -64,9 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// highest generation, then attempt, then time. Its generation is the block's latest.
 pub async fn latest_copies(kafka: &KafkaArgs, codec: &Codec, wanted: &HashSet<&str>) -> anyhow::Result<HashMap<String, Block>> {
     let names = TopicNames::new(&kafka.topic_prefix);
-    let queued = names.queued();
-    let mut block_topics = TopicNames::retries(&queued, &kafka.retry_schedule());
-    block_topics.push(queued);
+    let block_topics = names.queued_and_retries(&kafka.retry_schedule());
     let (blocks, results) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
         let reader = TopicReader::new(kafka)?;
         let mut blocks = Vec::new();

@@ -60,6 +60,7 @@ impl Stage for Inference {
     }
 
     fn output_topics(&self) -> Vec<String> {
+        // Not the queued topic itself: its keys are the claimer's.
         let queued = self.context.names.queued();
         let mut topics = TopicNames::retries(&queued, &self.retries);
         topics.extend([self.context.names.results(), TopicNames::dead_letter(&queued)]);

@@ -40,7 +40,7 @@ fn encode_failure(error: Error) -> StageError {
 }
 
 /// The headers every block output carries.
-fn block_headers(idempotency_key: &str, request_id: &str, dataset_id: &str) -> Headers {
+pub(crate) fn block_headers(idempotency_key: &str, request_id: &str, dataset_id: &str) -> Headers {
     vec![
         (headers::IDEMPOTENCY_KEY.into(), idempotency_key.as_bytes().to_vec()),
         (headers::REQUEST_ID.into(), request_id.as_bytes().to_vec()),

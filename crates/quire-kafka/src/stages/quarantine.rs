@@ -3,7 +3,6 @@
 //! first and last failure time, origin, trace id and the original payload. `quire dlq`
 //! lists, shows and replays from there.
 
-use crate::config::TopicNames;
 use crate::headers::{self, read_dead_letter, text_header, DATASET_ID};
 use crate::processor::{Effect, Input, Stage, StageContext, StageError};
 use crate::telemetry::events;
@@ -32,8 +31,7 @@ impl Stage for Quarantine {
     }
 
     fn input_topics(&self) -> Vec<String> {
-        let names = &self.context.names;
-        [names.ingest(), names.queued(), names.results()].iter().map(|t| TopicNames::dead_letter(t)).collect()
+        self.context.names.dead_letters()
     }
 
     fn output_topics(&self) -> Vec<String> {
