@@ -1,5 +1,6 @@
 //! The watchdog through the real broker: a stage stopped mid-run shows as growing lag in
-//! offsets and seconds and as STALL, and as OK again once it is back.
+//! offsets and seconds and as STALL (and as backlog in `quire status`), and as OK again
+//! once it is back.
 
 use integration_tests::*;
 
@@ -35,17 +36,40 @@ fn a_stopped_stage_shows_growing_lag_and_stall_then_recovers() {
         (s >= 2.0).then_some(s)
     })
     .unwrap();
-    eventually(WAIT, "STALL", || status_is("STALL").then_some(())).unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
-    let lag = gauge("kafka_consumergroup_group_sum_lag", &[group]);
-    assert!(lag >= first_lag && lag >= 12.0, "lag {lag} (first seen {first_lag}) should cover the 12 new blocks");
-    let report: serde_json::Value = runtime().block_on(async {
-        reqwest::get(format!("http://127.0.0.1:{port}/watchdog")).await.unwrap().json().await.unwrap()
-    });
-    let validator = report.as_array().unwrap().iter().find(|g| g["group"] == validator_group.as_str()).expect("validator in the report");
-    assert!(matches!(validator["status"].as_str(), Some("STALL" | "STOP")), "{validator}");
+    // Lag grows (WARN) while inference still delivers; once all 12 wait, the group stalls.
+    let validator = eventually(WAIT, "the 12 new blocks behind a STALLed validator", || {
+        let lag = gauge("kafka_consumergroup_group_sum_lag", &[group]);
+        let report: serde_json::Value = runtime().block_on(async {
+            reqwest::get(format!("http://127.0.0.1:{port}/watchdog")).await.ok()?.json().await.ok()
+        })?;
+        let validator = report.as_array()?.iter().find(|g| g["group"] == validator_group.as_str())?.clone();
+        (lag >= 12.0 && status_is("STALL") && matches!(validator["status"].as_str(), Some("STALL" | "STOP"))).then_some(validator)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    assert!(gauge("kafka_consumergroup_group_sum_lag", &[group]) >= first_lag);
     assert!(validator["max_lag_seconds"].as_f64().unwrap() >= seconds, "{validator}");
 
+    // `quire status` shows the validator's backlog and a dataset not done.
+    let status = quire(&["status", "--json", "second"], &pipeline.env).expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json prints JSON");
+    let backlog = status["stages"].as_array().unwrap().iter().find(|s| s["group"] == validator_group.as_str()).cloned().expect("validator backlog");
+    assert!(backlog["records_behind"].as_i64().unwrap() >= 12 && backlog["oldest_unprocessed_seconds"].as_f64().unwrap() > 0.0, "{status}");
+    assert!(status["progress_percent"].as_f64().unwrap() < 100.0 && status["done"] == 0, "{status}");
+    assert!(status["eta_seconds"].is_null(), "no block completed yet, so no ETA: {status}");
+
+    // `quire status --watch` follows the dataset to its end, then exits by itself.
     pipeline.start("quire-validator", "0");
+    let watch = std::process::Command::new(bin("quire"))
+        .args(["status", "--watch", "1", "second"])
+        .envs(&pipeline.env)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("quire status --watch");
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(watch.wait_with_output()));
+    let output = receiver.recv_timeout(WAIT).unwrap_or_else(|_| panic!("quire status --watch did not finish\n{}", pipeline.logs())).unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(shown.contains("[##############################] 100% (") && shown.contains("eta                        done"), "{shown}");
     assert_exactly_once(&pipeline, "second", 12);
     eventually(WAIT, "recovery to OK", caught_up).unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
     assert_eq!(gauge("kafka_consumergroup_group_max_lag_seconds", &[group]), 0.0);

@@ -30,7 +30,7 @@ enum Command {
     /// Publish a dataset (a JSONL file or a folder of text files) to the ingest topic.
     Publish(cli::publish::Args),
     /// Show how far a dataset has got.
-    Status(cli::report::Args),
+    Status(cli::report::StatusArgs),
     /// Check a dataset for lost or duplicated blocks (exit code 1 if any).
     Verify(cli::report::VerifyArgs),
     /// List, show and replay what is in quarantine.

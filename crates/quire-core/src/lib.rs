@@ -9,13 +9,17 @@
 //! - [`retry`]: the retry schedule and retry-topic names.
 //! - [`lag`]: consumer lag in offsets and seconds, and Burrow-style status, from samples.
 //! - [`stall`]: which blocks sit in one state too long, and whether to re-drive them.
+//! - [`instances`]: which service instances are alive, stopped or dead, from heartbeats.
+//! - [`progress`]: a dataset's progress bar and ETA, from its completion times.
 //! - [`breaker`]: the circuit breaker state machine engines run behind.
 //! - [`rules`]: the validator's output rules.
 
 pub mod breaker;
 pub mod failure;
 pub mod ids;
+pub mod instances;
 pub mod lag;
+pub mod progress;
 pub mod records;
 pub mod retry;
 pub mod rules;

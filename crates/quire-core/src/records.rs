@@ -192,6 +192,37 @@ pub struct DatasetControl {
     pub reason: Option<String>,
 }
 
+/// A service instance saying it is alive (`InstanceHeartbeat.avsc`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceHeartbeat {
+    pub instance_id: String,
+    pub service: String,
+    pub version: String,
+    pub host: String,
+    pub pid: i32,
+    pub started_at_ms: i64,
+    pub sent_at_ms: i64,
+    pub interval_ms: i64,
+    /// `topic/partition` of each partition held.
+    pub assigned_partitions: Vec<String>,
+    #[serde(default)]
+    pub last_commit_at_ms: Option<i64>,
+    /// [`RUNNING`] or [`STOPPED`].
+    pub status: String,
+}
+
+impl InstanceHeartbeat {
+    /// Its key on the compacted instances topic.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.service, self.instance_id)
+    }
+}
+
+/// Status of a heartbeat of a live instance.
+pub const RUNNING: &str = "RUNNING";
+/// Status of the last heartbeat of a clean shutdown.
+pub const STOPPED: &str = "STOPPED";
+
 /// The action of `quire cancel`.
 pub const CANCEL: &str = "CANCEL";
 

@@ -44,7 +44,7 @@ impl CanceledDatasets {
             .name("cancel-watch".into())
             .spawn(move || {
                 while shared.strong_count() > 0 {
-                    let result = TopicReader::new(&args).and_then(|reader| {
+                    let result = TopicReader::follower(&args).and_then(|reader| {
                         let start = |p| next.lock().expect("offsets lock").get(&p).copied();
                         reader.follow(
                             &topic,

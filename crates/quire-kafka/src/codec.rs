@@ -15,7 +15,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::time::Duration;
 
 /// The schema files, by record name.
-pub const SCHEMAS: [(&str, &str); 7] = [
+pub const SCHEMAS: [(&str, &str); 8] = [
     ("DatasetSubmission", include_str!("../../../schemas/DatasetSubmission.avsc")),
     ("Block", include_str!("../../../schemas/Block.avsc")),
     ("InferenceResult", include_str!("../../../schemas/InferenceResult.avsc")),
@@ -23,6 +23,7 @@ pub const SCHEMAS: [(&str, &str); 7] = [
     ("StateChange", include_str!("../../../schemas/StateChange.avsc")),
     ("QuarantineRecord", include_str!("../../../schemas/QuarantineRecord.avsc")),
     ("DatasetControl", include_str!("../../../schemas/DatasetControl.avsc")),
+    ("InstanceHeartbeat", include_str!("../../../schemas/InstanceHeartbeat.avsc")),
 ];
 
 /// The text of the schema named `name`.

@@ -66,6 +66,10 @@ pub struct KafkaArgs {
     #[arg(long, env = "QUIRE_METRICS_ADDR", default_value = "")]
     pub metrics_addr: String,
 
+    /// How often every stage instance heartbeats on the instances topic.
+    #[arg(long, env = "QUIRE_HEARTBEAT_INTERVAL_MS", default_value_t = 5_000)]
+    pub heartbeat_interval_ms: u64,
+
     /// Delays of successive retries of a failed block, in ms, comma-separated; each has
     /// its own retry topic `<topic>-retry-<ms>`. Their count bounds the retries.
     #[arg(long, env = "QUIRE_RETRY_DELAYS_MS", default_value = quire_core::retry::DEFAULT_RETRY_DELAYS_MS)]
@@ -163,6 +167,9 @@ impl TopicNames {
     }
     pub fn control(&self) -> String {
         self.topic("dataset-control")
+    }
+    pub fn instances(&self) -> String {
+        self.topic("instances")
     }
     /// The dead-letter topic of `topic` (Spring ≥ 3.3 naming); a retry topic's records
     /// go to its main topic's.

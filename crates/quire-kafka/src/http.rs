@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -76,7 +76,9 @@ pub async fn serve(addr: &str, routes: Router, readiness: Readiness) -> anyhow::
         return Ok(());
     }
     let socket: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("HTTP address {addr:?}: {e}"))?;
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &crate::telemetry::SECONDS_BUCKETS)?
+        .install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {

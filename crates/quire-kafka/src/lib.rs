@@ -15,6 +15,8 @@
 //! - [`watchdog`]: consumer-group lag in offsets and seconds, and group status, for `quire-watchdog`.
 //! - [`stalls`]: the block watchdog: blocks stuck in one state, re-driven or quarantined.
 //! - [`telemetry`]: JSON logs, and every event a stage reports with its metric.
+//! - [`heartbeat`]: every stage instance's heartbeats (alive, partitions held, last commit).
+//! - [`instances`]: the instance watchdog: instances silent past their TTL reported dead.
 //! - [`http`]: `/metrics` and `/health/*` on every service.
 
 pub mod cancel;
@@ -22,7 +24,9 @@ pub mod codec;
 pub mod config;
 pub mod dedup;
 pub mod headers;
+pub mod heartbeat;
 pub mod http;
+pub mod instances;
 pub mod operator;
 pub mod processor;
 pub mod reader;

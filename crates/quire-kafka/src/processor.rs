@@ -25,6 +25,7 @@
 //! the async runtime only to call [`Stage::process`].
 
 use crate::cancel::CanceledDatasets;
+use crate::heartbeat::InstanceStatus;
 use crate::http::Readiness;
 use crate::config::{DeliveryMode, KafkaArgs, TopicNames};
 use crate::dedup::DedupIndex;
@@ -159,6 +160,8 @@ pub struct StageContext {
     pub canceled: CanceledDatasets,
     /// Set while the stage has partitions assigned (`/health/ready`).
     pub readiness: Readiness,
+    /// What this instance holds, for its heartbeats.
+    pub instance: InstanceStatus,
 }
 
 impl StageContext {
@@ -168,6 +171,7 @@ impl StageContext {
         Ok(StageContext {
             canceled,
             readiness: Readiness::default(),
+            instance: InstanceStatus::default(),
             stage,
             group: names.group(stage),
             instance_id: args.instance_id.clone(),
@@ -264,6 +268,8 @@ struct Batch {
     /// First offset of the batch, per partition: where an abort rewinds to.
     rewind_to: HashMap<(String, i32), i64>,
     pending_keys: HashSet<String>,
+    /// Records produced in the batch, per topic (counted once committed).
+    produced: HashMap<String, u64>,
     delivery_failures_at_start: u64,
 }
 
@@ -299,6 +305,7 @@ struct Core {
     txn_timeout: Duration,
     pauses: Pauses,
     readiness: Readiness,
+    instance: InstanceStatus,
 }
 
 /// Partitions the loop paused: where each resumes reading (`None`: where the consumer
@@ -445,6 +452,7 @@ impl Core {
                     }
                 }
                 self.produce(&record)?;
+                *self.batch.produced.entry(record.topic.clone()).or_default() += 1;
             }
             self.batch.pending_keys.insert(effect.dedup_key);
         }
@@ -455,6 +463,7 @@ impl Core {
         if self.batch.inputs == 0 && !self.batch.txn_open {
             return Ok(CommitOutcome::Empty);
         }
+        let committing = Instant::now();
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &self.batch.next_offsets {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
@@ -472,7 +481,8 @@ impl Core {
         match result {
             Ok(()) => {
                 let batch = std::mem::take(&mut self.batch);
-                events::batch_committed(self.stage, batch.inputs, batch.pending_keys.len());
+                events::batch_committed(self.stage, batch.inputs, batch.pending_keys.len(), &batch.produced, committing.elapsed());
+                self.instance.committed();
                 for key in batch.pending_keys {
                     self.dedup.insert(key);
                 }
@@ -675,6 +685,9 @@ impl ConsumerContext for LoopContext {
         // Revoked partitions are read again from their committed offsets, where a
         // deferred record is met (and deferred) again: no pause outlives a rebalance.
         core.pauses = Pauses::default();
+        if let Ok(assignment) = consumer.assignment() {
+            core.instance.set_assignment(&assignment);
+        }
         if let Rebalance::Revoke(_) = rebalance {
             core.readiness.set(false);
         }
@@ -758,6 +771,7 @@ fn run_blocking<S: Stage>(
         txn_timeout,
         pauses: Pauses::default(),
         readiness: context.readiness.clone(),
+        instance: context.instance.clone(),
     }));
     let consumer: BaseConsumer<LoopContext> = args
         .client_config()
@@ -839,7 +853,10 @@ fn run_blocking<S: Stage>(
             }
         }
         if let Some(input) = input {
-            let processed = match runtime.block_on(stage.process(&input)) {
+            let processing = Instant::now();
+            let processed = runtime.block_on(stage.process(&input));
+            events::record_took(stage_name, processing.elapsed());
+            let processed = match processed {
                 Err(StageError::Poison(failure)) => Ok(vec![context.unreadable(&input, &failure)]),
                 Err(StageError::Defer { until, reason }) => {
                     if let Err(e) = core.pause_all(&consumer, Some(&input), until, &reason) {

@@ -8,7 +8,6 @@ use rdkafka::ClientContext;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
 use crate::processor::Input;
-use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -35,11 +34,27 @@ pub struct TopicReader {
     consumer: BaseConsumer<QuietContext>,
 }
 
+/// How long the broker holds a fetch at the end of a partition for a reader: short, so
+/// that reading to the end takes milliseconds, not half a second per call.
+const READER_FETCH_WAIT_MS: &str = "20";
+
 impl TopicReader {
+    /// A reader for reading to the end ([`TopicReader::read_to_end`] and the like).
     pub fn new(args: &KafkaArgs) -> Result<Self> {
+        Self::build(args, READER_FETCH_WAIT_MS)
+    }
+
+    /// A reader for [`TopicReader::follow`]ing a topic for long (librdkafka's fetch wait,
+    /// so an idle topic costs two fetches a second).
+    pub fn follower(args: &KafkaArgs) -> Result<Self> {
+        Self::build(args, "500")
+    }
+
+    fn build(args: &KafkaArgs, fetch_wait_ms: &str) -> Result<Self> {
         let consumer = args
             .client_config()
             .set("group.id", format!("quire-reader-{:016x}", rand::random::<u64>()))
+            .set("fetch.wait.max.ms", fetch_wait_ms)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
@@ -118,6 +133,12 @@ impl TopicReader {
 
     /// The record at `topic/partition/offset`, if a `read_committed` consumer can see it.
     pub fn read_at(&self, topic: &str, partition: i32, offset: i64, timeout: Duration) -> Result<Option<Input>> {
+        Ok(self.first_from(topic, partition, offset, timeout)?.filter(|record| record.offset == offset))
+    }
+
+    /// The first record a `read_committed` consumer sees at or after `offset` (None at
+    /// the end of the partition).
+    pub fn first_from(&self, topic: &str, partition: i32, offset: i64, timeout: Duration) -> Result<Option<Input>> {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
         self.consumer.assign(&assignment)?;
@@ -126,12 +147,11 @@ impl TopicReader {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 let _ = self.consumer.unassign();
-                return Err(Error::Other(format!("reading {topic}/{partition}/{offset}: nothing came in {timeout:?}")));
+                return Err(Error::Other(format!("reading {topic}/{partition} from {offset}: nothing came in {timeout:?}")));
             }
             match self.consumer.poll(remaining.min(Duration::from_millis(200))) {
-                Some(Ok(message)) if message.offset() == offset => break Some(Input::from_message(&message)),
-                // The offset holds a marker or an aborted record: the next one is not it.
-                Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => break None,
+                Some(Ok(message)) => break Some(Input::from_message(&message)),
+                Some(Err(KafkaError::PartitionEOF(_))) => break None,
                 Some(Err(e)) => {
                     let _ = self.consumer.unassign();
                     return Err(e.into());

@@ -1,9 +1,12 @@
 //! What every stage binary does around its stage: logging, metrics, schema
-//! registration, and a shutdown token cancelled by SIGTERM or Ctrl-C.
+//! registration, heartbeats, and a shutdown token cancelled by SIGTERM or Ctrl-C.
 
 use crate::processor::{self, Stage};
 use crate::topics::{register_schemas, TopicsFile};
+use crate::heartbeat::Heartbeats;
 use crate::http;
+use std::sync::Arc;
+use std::time::Duration;
 use crate::KafkaArgs;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +49,15 @@ pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: 
     http::serve(&args.metrics_addr, routes, readiness).await?;
     register_all_schemas(&args).await?;
     let shutdown = shutdown_on_signals();
-    processor::run(stage, args, shutdown).await?;
-    Ok(())
+    let heartbeats = Arc::new(Heartbeats::new(&args, stage.context().stage, stage.context().instance.clone())?);
+    let ticking = CancellationToken::new();
+    let beating = heartbeats.clone().spawn(Duration::from_millis(args.heartbeat_interval_ms), ticking.clone());
+    let result = processor::run(stage, args, shutdown).await;
+    ticking.cancel();
+    let _ = beating.await;
+    // Only a clean stop says goodbye: an instance that failed is reported dead.
+    if result.is_ok() {
+        heartbeats.goodbye().await;
+    }
+    Ok(result?)
 }

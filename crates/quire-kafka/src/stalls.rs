@@ -69,9 +69,18 @@ impl StallWatch {
         })
     }
 
-    /// Reads what was written since the last call: copies first, then audit events, so
-    /// that every event read has its copy read too (a copy is written with or before it).
+    /// Reads what was written since the last call: audit events first, then copies.
+    /// With the groups' offsets read before both (see [`StallWatch::check`]), a block
+    /// judged as passed by its stage has that stage's events read, and every event read
+    /// has its copy read (a copy is written with or before its event).
     pub async fn catch_up(&mut self, now_ms: i64) -> Result<()> {
+        let positions = self.positions.entry(self.events_topic.clone()).or_default();
+        let events = tokio::task::block_in_place(|| self.reader.read_new(&self.events_topic, positions, READ_TIMEOUT))?;
+        for record in events {
+            if let Ok(change) = self.operator.codec().decode::<StateChange>(record.payload.as_deref()).await {
+                self.watch.on_event(&change);
+            }
+        }
         for source in &self.sources {
             let positions = self.positions.entry(source.topic.clone()).or_default();
             let records = tokio::task::block_in_place(|| self.reader.read_new(&source.topic, positions, READ_TIMEOUT))?;
@@ -86,19 +95,13 @@ impl StallWatch {
                 self.watch.on_copy(&block.block_id, source.kind, copy, now_ms);
             }
         }
-        let positions = self.positions.entry(self.events_topic.clone()).or_default();
-        let events = tokio::task::block_in_place(|| self.reader.read_new(&self.events_topic, positions, READ_TIMEOUT))?;
-        for record in events {
-            if let Ok(change) = self.operator.codec().decode::<StateChange>(record.payload.as_deref()).await {
-                self.watch.on_event(&change);
-            }
-        }
         self.watch.prune(now_ms, FINISHED_HORIZON);
         Ok(())
     }
 
     /// Judges every live block at `now_ms` against the groups' committed offsets in
-    /// `lags`, acts on the lost ones, and returns all blocks past their TTL.
+    /// `lags` (polled before the last [`StallWatch::catch_up`]), acts on the lost ones,
+    /// and returns all blocks past their TTL.
     pub async fn check(&mut self, lags: &[GroupLag], now_ms: i64) -> Result<Vec<Stalled>> {
         let committed: HashMap<(&str, &str, i32), i64> = lags
             .iter()

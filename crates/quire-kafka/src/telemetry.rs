@@ -36,7 +36,18 @@ pub mod names {
     pub const RETRIES: &str = "quire_retries_total";
     pub const PAUSED_PARTITIONS: &str = "quire_stage_paused_partitions";
     pub const PAUSES: &str = "quire_stage_pauses_total";
+    /// Output records in committed batches, by stage and topic.
+    pub const RECORDS_PRODUCED: &str = "quire_stage_records_produced_total";
+    /// Time to commit a batch (offsets and transaction).
+    pub const COMMIT_DURATION: &str = "quire_stage_commit_duration_seconds";
+    /// Time a stage spends on one input record.
+    pub const PROCESSING_DURATION: &str = "quire_stage_processing_duration_seconds";
+    /// From a document's submission to its block's completion.
+    pub const END_TO_END_DURATION: &str = "quire_block_end_to_end_duration_seconds";
 }
+
+/// Bucket bounds of every `*_seconds` histogram: from a fast commit to a slow dataset.
+pub const SECONDS_BUCKETS: [f64; 16] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0];
 
 /// Every event a stage reports.
 pub mod events {
@@ -67,9 +78,22 @@ pub mod events {
         }
     }
 
-    pub fn batch_committed(stage: &'static str, inputs: usize, effects: usize) {
+    pub fn batch_committed(stage: &'static str, inputs: usize, effects: usize, produced: &std::collections::HashMap<String, u64>, took: std::time::Duration) {
         metrics::counter!(names::BATCHES_COMMITTED, "stage" => stage).increment(1);
-        tracing::debug!(stage, inputs, effects, "batch committed");
+        metrics::histogram!(names::COMMIT_DURATION, "stage" => stage).record(took.as_secs_f64());
+        for (topic, count) in produced {
+            metrics::counter!(names::RECORDS_PRODUCED, "stage" => stage, "topic" => topic.clone()).increment(*count);
+        }
+        tracing::debug!(stage, inputs, effects, took_ms = took.as_millis() as u64, "batch committed");
+    }
+
+    pub fn record_took(stage: &'static str, took: std::time::Duration) {
+        metrics::histogram!(names::PROCESSING_DURATION, "stage" => stage).record(took.as_secs_f64());
+    }
+
+    /// A block reached the output, `age_ms` after its document was submitted.
+    pub fn block_completed(age_ms: i64) {
+        metrics::histogram!(names::END_TO_END_DURATION).record(age_ms.max(0) as f64 / 1000.0);
     }
 
     pub fn batch_aborted(stage: &'static str, inputs: usize, reason: &str) {

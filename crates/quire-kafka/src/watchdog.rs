@@ -9,7 +9,7 @@
 //! watchdog looks whether any record is really there (and remembers the answer until
 //! the offsets move), so an idle transactional pipeline reads lag 0, not 1.
 
-use crate::config::KafkaArgs;
+use crate::config::{KafkaArgs, TopicNames};
 use crate::reader::QuietContext;
 use crate::Result;
 use quire_core::lag::{group_status, LagTable, OffsetSample, PartitionStatus, Window, GROUP_STATUSES};
@@ -81,6 +81,61 @@ pub struct LagWatch {
     probed: HashMap<(String, i32), (i64, i64, bool)>,
 }
 
+/// Every stage's consumer group and the topics it consumes.
+pub fn pipeline_groups(args: &KafkaArgs) -> Vec<(String, Vec<String>)> {
+    let names = TopicNames::new(&args.topic_prefix);
+    vec![
+        (names.group("claimer"), vec![names.ingest()]),
+        (names.group("inference"), names.queued_and_retries(&args.retry_schedule())),
+        (names.group("validator"), vec![names.results()]),
+        (names.group("quarantine"), names.dead_letters()),
+    ]
+}
+
+/// How far behind a stage is right now, as `quire status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageBacklog {
+    pub group: String,
+    /// Offsets between the group's position and the end, on partitions with a record left.
+    pub records_behind: i64,
+    /// Age of the oldest record the group has not processed (None: caught up).
+    pub oldest_unprocessed_seconds: Option<f64>,
+}
+
+/// Each stage's backlog from one look at its group's offsets and its oldest unprocessed
+/// record. Retry topics are left out: their records wait by design.
+pub fn stage_backlogs(args: &KafkaArgs, now_ms: i64) -> Result<Vec<StageBacklog>> {
+    let reader = crate::reader::TopicReader::new(args)?;
+    let mut backlogs = Vec::new();
+    for (group, topics) in pipeline_groups(args) {
+        let consumer: BaseConsumer<QuietContext> = args.client_config().set("group.id", &group).set("enable.auto.commit", "false").create_with_context(QuietContext)?;
+        let mut backlog = StageBacklog { group, records_behind: 0, oldest_unprocessed_seconds: None };
+        for topic in topics.iter().filter(|t| quire_core::retry::retry_delay(t).is_none()) {
+            let mut wanted = TopicPartitionList::new();
+            for partition in 0..reader.partitions(topic)? {
+                wanted.add_partition(topic, partition);
+            }
+            for element in consumer.committed_offsets(wanted, TIMEOUT)?.elements() {
+                let (low, high) = consumer.fetch_watermarks(topic, element.partition(), TIMEOUT)?;
+                let position = match element.offset() {
+                    Offset::Offset(o) => o.max(low),
+                    _ => low,
+                };
+                if position >= high {
+                    continue;
+                }
+                // Commit markers alone are no backlog.
+                let Some(oldest) = reader.first_from(topic, element.partition(), position, TIMEOUT)? else { continue };
+                backlog.records_behind += high - position;
+                let age = (now_ms - oldest.timestamp_ms).max(0) as f64 / 1000.0;
+                backlog.oldest_unprocessed_seconds = Some(backlog.oldest_unprocessed_seconds.map_or(age, |a| a.max(age)));
+            }
+        }
+        backlogs.push(backlog);
+    }
+    Ok(backlogs)
+}
+
 /// Gaps up to this many offsets are checked for records (markers only).
 const MARKER_SLACK: i64 = 16;
 
@@ -100,6 +155,7 @@ impl LagWatch {
         let probe = args
             .client_config()
             .set("group.id", format!("quire-watchdog-probe-{:08x}", rand::random::<u32>()))
+            .set("fetch.wait.max.ms", "20")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")

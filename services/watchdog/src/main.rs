@@ -2,13 +2,16 @@
 //! lag (offsets and seconds) and Burrow-style status, exported under kafka-lag-exporter's
 //! names at `/metrics` and served at `/watchdog`, with a log line per status change; and
 //! it judges the blocks (`/watchdog/blocks`): one left in a state past its TTL after its
-//! stage read it is re-driven, a bounded number of times, then quarantined as stalled.
+//! stage read it is re-driven, a bounded number of times, then quarantined as stalled;
+//! and it follows the instances' heartbeats (`/watchdog/instances`): one silent past its
+//! TTL is reported dead with the partitions it held.
 
 use axum::routing::get;
 use axum::{Json, Router};
 use clap::Parser;
-use quire_kafka::config::TopicNames;
 use quire_core::stall::{StallPolicy, Stalled};
+use quire_core::instances::InstanceReport;
+use quire_kafka::instances::InstanceWatch;
 use quire_kafka::stalls::StallWatch;
 use quire_kafka::watchdog::{GroupLag, LagWatch};
 use quire_kafka::KafkaArgs;
@@ -39,6 +42,12 @@ struct Cli {
     /// How long a block may stay VALIDATING.
     #[arg(long, env = "QUIRE_STALL_VALIDATING_TTL_MS", default_value_t = 300_000)]
     stall_validating_ttl_ms: u64,
+    /// An instance silent this long is dead.
+    #[arg(long, env = "QUIRE_INSTANCE_TTL_MS", default_value_t = 20_000)]
+    instance_ttl_ms: u64,
+    /// Instances gone (dead or stopped) this long are no longer reported.
+    #[arg(long, env = "QUIRE_INSTANCE_FORGET_MS", default_value_t = 3_600_000)]
+    instance_forget_ms: u64,
     /// Re-drives of a stalled block before it is quarantined.
     #[arg(long, env = "QUIRE_STALL_MAX_REDRIVES", default_value_t = 2)]
     stall_max_redrives: u32,
@@ -55,17 +64,6 @@ impl Cli {
     }
 }
 
-/// Every stage's group and the topics it consumes.
-fn pipeline_groups(args: &KafkaArgs) -> Vec<(String, Vec<String>)> {
-    let names = TopicNames::new(&args.topic_prefix);
-    vec![
-        (names.group("claimer"), vec![names.ingest()]),
-        (names.group("inference"), names.queued_and_retries(&args.retry_schedule())),
-        (names.group("validator"), vec![names.results()]),
-        (names.group("quarantine"), names.dead_letters()),
-    ]
-}
-
 /// Reads the blocks' news and judges them against the groups' committed offsets.
 async fn judge_blocks(stalls: &mut StallWatch, reports: &[GroupLag]) -> anyhow::Result<Vec<Stalled>> {
     stalls.catch_up(quire_core::records::now_ms()).await?;
@@ -79,17 +77,20 @@ async fn main() -> anyhow::Result<()> {
     cli.kafka.validate().map_err(anyhow::Error::msg)?;
     let last: Arc<Mutex<Vec<GroupLag>>> = Arc::default();
     let last_stalled: Arc<Mutex<Vec<Stalled>>> = Arc::default();
-    let (shown, shown_stalled) = (last.clone(), last_stalled.clone());
+    let last_instances: Arc<Mutex<Vec<InstanceReport>>> = Arc::default();
+    let (shown, shown_stalled, shown_instances) = (last.clone(), last_stalled.clone(), last_instances.clone());
     let routes = Router::new()
         .route("/watchdog", get(move || std::future::ready(Json(shown.lock().expect("report lock").clone()))))
-        .route("/watchdog/blocks", get(move || std::future::ready(Json(shown_stalled.lock().expect("report lock").clone()))));
+        .route("/watchdog/blocks", get(move || std::future::ready(Json(shown_stalled.lock().expect("report lock").clone()))))
+        .route("/watchdog/instances", get(move || std::future::ready(Json(shown_instances.lock().expect("report lock").clone()))));
     let readiness = quire_kafka::http::Readiness::default().checking(&cli.kafka)?;
     quire_kafka::http::serve(&cli.kafka.metrics_addr, routes, readiness.clone()).await?;
-    let groups = pipeline_groups(&cli.kafka);
+    let groups = quire_kafka::watchdog::pipeline_groups(&cli.kafka);
     let (kafka, cluster, window) = (cli.kafka.clone(), cli.cluster_name.clone(), Duration::from_millis(cli.window_ms));
     let mut watch = tokio::task::spawn_blocking(move || LagWatch::new(&kafka, &cluster, groups, window)).await??;
     let (kafka, policy) = (cli.kafka.clone(), cli.stall_policy());
     let mut stalls = tokio::task::spawn_blocking(move || StallWatch::new(&kafka, policy)).await??;
+    let mut instances = InstanceWatch::new(&cli.kafka, Duration::from_millis(cli.instance_ttl_ms), Duration::from_millis(cli.instance_forget_ms))?;
     tracing::info!(interval_ms = cli.interval_ms, window_ms = cli.window_ms, "watchdog started");
     let shutdown = quire_kafka::service::shutdown_on_signals();
     let mut statuses: HashMap<String, &'static str> = HashMap::new();
@@ -127,6 +128,10 @@ async fn main() -> anyhow::Result<()> {
                 readiness.set(false);
                 tracing::error!(error = %e, "could not sample consumer lag");
             }
+        }
+        match instances.poll(quire_core::records::now_ms()).await {
+            Ok(reports) => *last_instances.lock().expect("report lock") = reports,
+            Err(e) => tracing::error!(error = %e, "could not read the heartbeats"),
         }
         if started.elapsed() > Duration::from_millis(cli.interval_ms) {
             tracing::warn!(took_ms = started.elapsed().as_millis() as u64, interval_ms = cli.interval_ms, "a watchdog round took longer than its interval");

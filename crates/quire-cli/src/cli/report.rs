@@ -1,14 +1,18 @@
 //! `quire status DATASET` and `quire verify DATASET`: read the topics as a downstream
-//! consumer does and account for every block the dataset should have produced.
+//! consumer does and account for every block the dataset should have produced. Status
+//! adds a progress bar, the ETA at the recent completion rate and each stage's backlog
+//! (records behind, age of the oldest unprocessed), once or `--watch`ing until done.
 //!
 //! Expected blocks are recomputed from the ingest topic with the claimer's own
 //! splitting, so the count does not trust any stage's output.
 
-use quire_core::records::{DatasetSubmission, QuarantineRecord, StateChange, QUARANTINED};
+use quire_core::progress::{human_duration, Progress};
+use quire_core::records::{now_ms, DatasetSubmission, QuarantineRecord, StateChange, ValidatedResult, QUARANTINED};
 use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
 use quire_kafka::reader::TopicReader;
 use quire_kafka::stages::claimer::blocks_of;
+use quire_kafka::watchdog::{stage_backlogs, StageBacklog};
 use quire_kafka::{Codec, KafkaArgs};
 use rdkafka::Message;
 use serde::Serialize;
@@ -28,6 +32,15 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub report: Args,
+    /// Refresh every this many seconds until every block is done.
+    #[arg(long, value_name = "SECONDS")]
+    pub watch: Option<u64>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -56,6 +69,9 @@ pub struct DatasetReport {
     pub missing: usize,
     /// Latest audited state of each block, counted by state.
     pub states: BTreeMap<String, usize>,
+    /// When each completed block completed, epoch ms (for the rate).
+    #[serde(skip)]
+    pub completed_at_ms: Vec<i64>,
 }
 
 impl DatasetReport {
@@ -150,9 +166,13 @@ pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: u
     }
 
     let mut completions: HashMap<&str, usize> = HashMap::new();
-    for (key, _) in &completed {
+    let mut completed_at_ms = Vec::new();
+    for (key, value) in &completed {
         if let Some(key) = key.as_deref().filter(|k| expected.contains(*k)) {
             *completions.entry(key).or_default() += 1;
+            if let Ok(result) = codec.decode::<ValidatedResult>(value.as_deref()).await {
+                completed_at_ms.push(result.completed_at_ms);
+            }
         }
     }
 
@@ -199,6 +219,7 @@ pub async fn dataset_report(kafka: &KafkaArgs, dataset: &str, max_block_chars: u
         documents_quarantined,
         missing,
         states,
+        completed_at_ms,
     })
 }
 
@@ -211,10 +232,84 @@ fn print(report: &DatasetReport, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn status(args: Args) -> anyhow::Result<ExitCode> {
-    let report = dataset_report(&args.kafka, &args.dataset, args.max_block_chars).await?;
-    print(&report, args.json)?;
-    Ok(ExitCode::SUCCESS)
+/// `quire status`: a dataset's report with its progress and the stages' backlogs.
+#[derive(Debug, Serialize)]
+struct StatusView {
+    #[serde(flatten)]
+    report: DatasetReport,
+    /// Blocks that reached an end: completed, quarantined or canceled.
+    done: usize,
+    progress_percent: f64,
+    rate_per_second: f64,
+    eta_seconds: Option<f64>,
+    stages: Vec<StageBacklog>,
+}
+
+/// Completions within this window before now make the rate.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+impl StatusView {
+    async fn build(args: &Args) -> anyhow::Result<Self> {
+        let report = dataset_report(&args.kafka, &args.dataset, args.max_block_chars).await?;
+        let now = now_ms();
+        let stages = tokio::task::block_in_place(|| stage_backlogs(&args.kafka, now))?;
+        let done = report.completed_once + report.completed_more_than_once + report.quarantined + report.canceled;
+        let progress = Progress::new(done, report.blocks_expected, &report.completed_at_ms, now, RATE_WINDOW);
+        Ok(StatusView {
+            done,
+            progress_percent: (progress.fraction() * 1000.0).round() / 10.0,
+            rate_per_second: progress.rate_per_second,
+            eta_seconds: progress.eta.map(|d| d.as_secs_f64()),
+            stages,
+            report,
+        })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.report.blocks_expected > 0 && self.done >= self.report.blocks_expected
+    }
+
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+            return Ok(());
+        }
+        self.report.print_table();
+        let progress = Progress::new(self.done, self.report.blocks_expected, &self.report.completed_at_ms, now_ms(), RATE_WINDOW);
+        println!("progress                   {}", progress.bar(30));
+        println!("rate                       {:.1} blocks/s", self.rate_per_second);
+        let eta = match progress.eta {
+            Some(eta) if eta.is_zero() => "done".to_owned(),
+            Some(eta) => human_duration(eta),
+            None => format!("unknown: no block completed in the last {} s", RATE_WINDOW.as_secs()),
+        };
+        println!("eta                        {eta}");
+        println!("stage backlogs (all datasets)");
+        for stage in &self.stages {
+            let name = stage.group.rsplit('-').next().unwrap_or(&stage.group);
+            match stage.oldest_unprocessed_seconds {
+                Some(age) => println!("  {name:<24} {} records behind, oldest {age:.1} s old", stage.records_behind),
+                None => println!("  {name:<24} caught up"),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let r = &args.report;
+    let redraw = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !r.json;
+    loop {
+        let view = StatusView::build(r).await?;
+        if redraw && args.watch.is_some() {
+            print!("\x1b[2J\x1b[H");
+        }
+        view.print(r.json)?;
+        match args.watch {
+            Some(secs) if !view.is_finished() => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    }
 }
 
 /// Waits up to `wait` for the dataset to have no missing block, then reports.

@@ -1,0 +1,89 @@
+//! The instance watchdog on Kafka: follows the instances topic, judges every instance
+//! (`quire_core::instances`), counts them per service and liveness at `/metrics`, and
+//! logs an instance going dead with the partitions it held, and coming back.
+
+use crate::config::{KafkaArgs, TopicNames};
+use crate::reader::TopicReader;
+use crate::{Codec, Result};
+use quire_core::instances::{InstanceReport, InstanceTable, Liveness};
+use quire_core::records::InstanceHeartbeat;
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+/// Metric names of the instance watchdog.
+pub mod names {
+    /// Instances by `service` and `liveness` (alive, stopped, dead).
+    pub const INSTANCES: &str = "quire_watchdog_instances";
+}
+
+/// The services that heartbeat.
+pub const SERVICES: [&str; 4] = ["claimer", "inference", "validator", "quarantine"];
+
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct InstanceWatch {
+    table: InstanceTable,
+    reader: TopicReader,
+    codec: Codec,
+    topic: String,
+    positions: HashMap<i32, i64>,
+    ttl: Duration,
+    forget_after: Duration,
+    /// Liveness last reported per instance key, to log changes only.
+    last: HashMap<String, Liveness>,
+}
+
+impl InstanceWatch {
+    pub fn new(args: &KafkaArgs, ttl: Duration, forget_after: Duration) -> Result<Self> {
+        Ok(InstanceWatch {
+            table: InstanceTable::default(),
+            reader: TopicReader::new(args)?,
+            codec: Codec::new(&args.schema_registry_url)?,
+            topic: TopicNames::new(&args.topic_prefix).instances(),
+            positions: HashMap::new(),
+            ttl,
+            forget_after,
+            last: HashMap::new(),
+        })
+    }
+
+    /// Reads the heartbeats sent since the last call and judges every instance.
+    pub async fn poll(&mut self, now_ms: i64) -> Result<Vec<InstanceReport>> {
+        let records = tokio::task::block_in_place(|| self.reader.read_new(&self.topic, &mut self.positions, READ_TIMEOUT))?;
+        for record in records {
+            match self.codec.decode::<InstanceHeartbeat>(record.payload.as_deref()).await {
+                Ok(heartbeat) => self.table.on_heartbeat(heartbeat),
+                Err(e) => tracing::warn!(topic = %record.topic, offset = record.offset, error = %e, "unreadable heartbeat skipped"),
+            }
+        }
+        let reports = self.table.judge(now_ms, self.ttl, self.forget_after);
+        for report in &reports {
+            let key = format!("{}/{}", report.service, report.instance_id);
+            let before = self.last.insert(key, report.liveness);
+            if before == Some(report.liveness) {
+                continue;
+            }
+            match report.liveness {
+                Liveness::Dead => tracing::error!(
+                    service = %report.service, instance_id = %report.instance_id, host = %report.host, silent_ms = report.silent_ms,
+                    partitions = ?report.assigned_partitions, last_commit_at_ms = report.last_commit_at_ms, "instance dead"
+                ),
+                liveness => tracing::info!(service = %report.service, instance_id = %report.instance_id, host = %report.host, liveness = liveness.as_str(), "instance liveness changed"),
+            }
+        }
+        self.last.retain(|key, _| reports.iter().any(|r| *key == format!("{}/{}", r.service, r.instance_id)));
+        export(&reports);
+        Ok(reports)
+    }
+}
+
+/// Sets the instance counts, 0 where none, for the pipeline's services and any other.
+fn export(reports: &[InstanceReport]) {
+    let services: BTreeSet<&str> = SERVICES.into_iter().chain(reports.iter().map(|r| r.service.as_str())).collect();
+    for service in services {
+        for liveness in Liveness::ALL {
+            let count = reports.iter().filter(|r| r.service == service && r.liveness == liveness).count();
+            metrics::gauge!(names::INSTANCES, "service" => service.to_owned(), "liveness" => liveness.as_str()).set(count as f64);
+        }
+    }
+}
