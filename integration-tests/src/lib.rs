@@ -6,6 +6,7 @@
 //! program is missing, it fails and says which and how to install it.
 
 pub mod model_server;
+pub mod otlp_collector;
 
 use anyhow::{bail, Context};
 use quire_kafka::KafkaArgs;

@@ -14,6 +14,7 @@
 //! - [`service`]: what every stage binary does around its stage (signals, start-up).
 //! - [`watchdog`]: consumer-group lag in offsets and seconds, and group status, for `quire-watchdog`.
 //! - [`stalls`]: the block watchdog: blocks stuck in one state, re-driven or quarantined.
+//! - [`otel`]: span ids for the records' `traceparent`, and span export over OTLP when configured.
 //! - [`telemetry`]: JSON logs, and every event a stage reports with its metric.
 //! - [`heartbeat`]: every stage instance's heartbeats (alive, partitions held, last commit).
 //! - [`instances`]: the instance watchdog: instances silent past their TTL reported dead.
@@ -28,6 +29,7 @@ pub mod heartbeat;
 pub mod http;
 pub mod instances;
 pub mod operator;
+pub mod otel;
 pub mod processor;
 pub mod reader;
 pub mod service;

@@ -41,7 +41,7 @@ use rdkafka::{ClientContext, Message, Offset, Timestamp, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 /// One consumed record, owned.
@@ -295,6 +295,7 @@ enum CommitOutcome {
 /// Everything the loop and the rebalance callbacks share (they run on one thread).
 struct Core {
     stage: &'static str,
+    group: String,
     instance_id: String,
     mode: DeliveryMode,
     producer: ThreadedProducer<DeliveryContext>,
@@ -425,13 +426,11 @@ impl Core {
         }
     }
 
-    /// Writes the effects not already done; returns how many were skipped as duplicates.
-    /// Writes the effects of `input` not already done; returns how many were skipped as
-    /// duplicates. Records carry `input`'s trace on as a child span (W3C `traceparent`).
-    fn apply(&mut self, input: &Input, effects: Vec<Effect>) -> Result<usize> {
-        let trace = headers::header(&input.headers, headers::TRACEPARENT)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(headers::child_traceparent);
+    /// Writes the effects of `input` (processed since `started`) not already done;
+    /// returns how many were skipped as duplicates. Records carry `input`'s trace on as
+    /// a child span (W3C `traceparent`, see `otel`).
+    fn apply(&mut self, input: &Input, effects: Vec<Effect>, started: SystemTime) -> Result<usize> {
+        let trace = crate::otel::process_span(self.stage, &self.group, input, started);
         let tracestate = headers::header(&input.headers, headers::TRACESTATE).map(<[u8]>::to_vec);
         let mut duplicates = 0;
         for effect in effects {
@@ -761,6 +760,7 @@ fn run_blocking<S: Stage>(
 
     let core = Arc::new(Mutex::new(Core {
         stage: stage_name,
+        group: context.group.clone(),
         instance_id: args.instance_id.clone(),
         mode: args.delivery_mode,
         producer,
@@ -853,7 +853,7 @@ fn run_blocking<S: Stage>(
             }
         }
         if let Some(input) = input {
-            let processing = Instant::now();
+            let (processing, processing_since) = (Instant::now(), SystemTime::now());
             let processed = runtime.block_on(stage.process(&input));
             events::record_took(stage_name, processing.elapsed());
             let processed = match processed {
@@ -872,7 +872,7 @@ fn run_blocking<S: Stage>(
                 }
             }
             core.batch.note_input(&input);
-            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(&input, effects).map_err(|e| e.to_string()));
+            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(&input, effects, processing_since).map_err(|e| e.to_string()));
             match applied {
                 Ok(duplicates) => {
                     events::record_processed(stage_name, duplicates);

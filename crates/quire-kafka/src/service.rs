@@ -45,6 +45,7 @@ pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()
 
 /// [`run_stage`], with the stage's own HTTP routes next to `/metrics` and `/health`.
 pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: axum::Router) -> anyhow::Result<()> {
+    let _export = crate::otel::init(&format!("quire-{}", stage.context().stage));
     let readiness = stage.context().readiness.clone().checking(&args)?;
     http::serve(&args.metrics_addr, routes, readiness).await?;
     register_all_schemas(&args).await?;

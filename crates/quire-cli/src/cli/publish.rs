@@ -125,8 +125,8 @@ pub fn submissions(args: &Args, documents: &[Document]) -> anyhow::Result<Vec<Da
 /// Publishes the records as one trace (W3C `traceparent` on every record); returns how
 /// many were acknowledged and the trace id.
 pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool) -> anyhow::Result<(usize, String)> {
-    let traceparent = headers::new_traceparent();
     let topic = TopicNames::new(&kafka.topic_prefix).ingest();
+    let (traceparent, _span) = quire_kafka::otel::publish_span(&topic);
     let codec = Codec::new(&kafka.schema_registry_url)?;
     codec.register(&topic, schema_text("DatasetSubmission")?).await?;
     let producer: FutureProducer = kafka.client_config().set("enable.idempotence", "true").set("acks", "all").create()?;
@@ -156,6 +156,7 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let _export = quire_kafka::otel::init("quire-cli");
     let documents = read_dataset(&args.path)?;
     let records = submissions(&args, &documents)?;
     let (sent, trace_id) = publish(&args.kafka, &records, args.quiet).await?;
