@@ -390,6 +390,20 @@ pub fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {
     reader.read_to_end(topic, |_| None, Duration::from_secs(60), |_| {}).expect("read topic")
 }
 
+/// The `traceparent` header of every record on `topic`, as a read_committed consumer sees them.
+pub fn traceparents(stack: &Stack, prefix: &str, topic: &str) -> Vec<Option<String>> {
+    let reader = quire_kafka::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    let mut found = Vec::new();
+    reader
+        .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
+            use rdkafka::message::{Headers, Message};
+            let header = m.headers().and_then(|hs| hs.iter().find(|h| h.key == "traceparent").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())));
+            found.push(header);
+        })
+        .expect("read topic");
+    found
+}
+
 /// Every record of an Avro topic, decoded, as a read_committed consumer sees them.
 pub fn read_decoded<T: serde::de::DeserializeOwned>(stack: &Stack, prefix: &str, topic: &str, runtime: &tokio::runtime::Runtime) -> Vec<T> {
     use rdkafka::Message;

@@ -106,6 +106,8 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     assert!(redrive.reason.as_deref().unwrap_or_default().starts_with("stalled: in PROCESSING for"), "{redrive:?}");
     let requeued = queued_records(&pipeline, &mut positions, 1);
     assert_eq!((block_id(&requeued[0]), requeued.len()), (block.clone(), 1), "one new generation on the queue");
+    let trace = |record: &Input| quire_kafka::headers::trace_id(&record.headers);
+    assert!(trace(&requeued[0]).is_some() && trace(&requeued[0]) == trace(&queued[0]), "the re-drive continues the block's trace");
 
     pipeline.start("quire-inference", "0");
     assert_exactly_once(&pipeline, "held", 1);

@@ -69,6 +69,11 @@ fn dlq_replay_after_the_fix_completes_every_block_exactly_once() {
     assert!(replay.contains("3 selected, replayed 3, 0 already completed, 0 failed"), "{replay}");
     assert_exactly_once(&pipeline, "doomed", 3);
     assert!(stdout(&pipeline, &["dlq", "list", "--dataset", "doomed"]).contains("0 record(s)"));
+    // The replayed blocks went on in the trace they were quarantined with.
+    let trace_id = shown["trace_id"].as_str().expect("quarantine keeps the trace id").to_owned();
+    for traceparent in traceparents(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).completed()) {
+        assert_eq!(traceparent.as_deref().map(|t| &t[3..35]), Some(trace_id.as_str()));
+    }
 
     // Replaying again, even records already replayed, writes nothing new.
     let again = stdout(&pipeline, &["dlq", "replay", "--dataset", "doomed", "--all", "--quiet"]);

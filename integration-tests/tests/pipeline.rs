@@ -211,3 +211,24 @@ fn demo_runs_the_sample_through_the_pipeline() {
     assert!(stdout.contains("no text in a language the model knows"), "the quarantined block's reason is shown:\n{stdout}");
     assert!(!dir.path().join("stack.json").exists(), "the demo stops its stack");
 }
+
+/// The short version of `scripts/bench.sh`: the benchmark runs end to end and prints its
+/// figures (their values are for people, not for assertions).
+#[test]
+fn bench_runs_a_small_dataset_and_prints_its_figures() {
+    let dir = tempfile::Builder::new().prefix("quire-bench-").tempdir().unwrap();
+    let (broker, registry) = (free_port().to_string(), free_port().to_string());
+    let output = quire(
+        &["bench", "--documents", "30", "--dir", &dir.path().to_string_lossy(), "--broker-port", &broker, "--registry-port", &registry, "--timeout", "120"],
+        &Default::default(),
+    )
+    .expect("quire bench succeeds");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("quire bench: 30 documents, 60 blocks, engine noop, transactional delivery"), "{stdout}");
+    for figure in ["publish", "pipeline", "wall clock", "latency p50", "latency p95", "latency p99", "latency max"] {
+        let line = stdout.lines().find(|l| l.starts_with(figure)).unwrap_or_else(|| panic!("no {figure} figure:\n{stdout}"));
+        let value: f64 = line[figure.len()..].split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+        assert!(value > 0.0, "{line}");
+    }
+    assert!(!dir.path().join("stack.json").exists(), "the benchmark stops its stack");
+}

@@ -4,23 +4,6 @@
 
 use integration_tests::*;
 use quire_kafka::config::TopicNames;
-use quire_kafka::reader::TopicReader;
-use rdkafka::message::Headers;
-use rdkafka::Message;
-use std::time::Duration;
-
-/// The `traceparent` of every record on `topic`.
-fn traceparents(stack: &Stack, prefix: &str, topic: &str) -> Vec<Option<String>> {
-    let reader = TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
-    let mut found = Vec::new();
-    reader
-        .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
-            let header = m.headers().and_then(|hs| hs.iter().find(|h| h.key == "traceparent").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())));
-            found.push(header);
-        })
-        .expect("read topic");
-    found
-}
 
 #[test]
 fn the_trace_id_published_with_a_dataset_reaches_its_completed_records() {

@@ -5,7 +5,7 @@
 //! `stack` (local broker and registry), `topics` (apply topics.yaml), `publish`,
 //! `status`/`verify` (in `report`), `dlq` (list, show, replay the quarantine), `redrive`
 //! and `cancel` (operator actions on blocks), `demo` (the whole pipeline on a sample
-//! dataset).
+//! dataset), `bench` (throughput and latency figures on a synthetic one).
 
 mod cli;
 
@@ -42,6 +42,8 @@ enum Command {
     Cancel(cli::cancel::Args),
     /// Stack up, all services, a sample multilingual dataset through the pipeline, a summary.
     Demo(cli::demo::Args),
+    /// Measure throughput and end-to-end latency on a synthetic dataset (own local stack).
+    Bench(cli::bench::Args),
 }
 
 #[tokio::main]
@@ -60,6 +62,7 @@ async fn main() -> ExitCode {
         Command::Redrive(args) => cli::redrive::run(args).await,
         Command::Cancel(args) => cli::cancel::run(args).await,
         Command::Demo(args) => cli::demo::run(args).await,
+        Command::Bench(args) => cli::bench::run(args).await,
     };
     match result {
         Ok(code) => code,

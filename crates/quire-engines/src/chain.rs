@@ -187,7 +187,8 @@ impl Engines {
             .collect()
     }
 
-    /// Every breaker's state, for `/health/engines`.
+    /// Every breaker's state, for `/health/engines`; refreshes the breaker gauges too,
+    /// so an open breaker that half-opened with no call since does not read open.
     pub fn health(&self) -> Vec<EngineHealth> {
         let now = Instant::now();
         self.slots
@@ -195,6 +196,7 @@ impl Engines {
             .map(|(name, slot)| {
                 let breaker = slot.breaker.lock().expect("breaker lock");
                 let state = breaker.state(now);
+                metrics::gauge!(names::BREAKER_STATE, "engine" => name.clone()).set(state.gauge());
                 EngineHealth {
                     name: name.clone(),
                     state,

@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,13 +32,17 @@ impl std::fmt::Debug for Readiness {
 struct Dependencies {
     codec: Codec,
     broker: Arc<Mutex<BaseConsumer>>,
+    /// A topic every deployment has: asking for its metadata alone proves the broker
+    /// answers, without listing the whole cluster.
+    topic: String,
 }
 
 impl Readiness {
     /// The same flag, and the broker and registry of `args` checked on each request.
     pub fn checking(self, args: &KafkaArgs) -> crate::Result<Self> {
         let broker: BaseConsumer = args.client_config().set("group.id", "quire-readiness").create()?;
-        let dependencies = Dependencies { codec: Codec::new(&args.schema_registry_url)?, broker: Arc::new(Mutex::new(broker)) };
+        let topic = crate::config::TopicNames::new(&args.topic_prefix).instances();
+        let dependencies = Dependencies { codec: Codec::new(&args.schema_registry_url)?, broker: Arc::new(Mutex::new(broker)), topic };
         Ok(Readiness { dependencies: Some(Arc::new(dependencies)), ..self })
     }
 
@@ -55,9 +60,9 @@ impl Readiness {
         let (mut broker, mut registry) = (Ok(()), Ok(()));
         if let Some(deps) = &self.dependencies {
             registry = deps.codec.ping().await.map_err(|e| e.to_string());
-            let client = deps.broker.clone();
+            let (client, topic) = (deps.broker.clone(), deps.topic.clone());
             broker = tokio::task::spawn_blocking(move || {
-                client.lock().expect("readiness client").fetch_metadata(None, Duration::from_secs(3)).map(|_| ()).map_err(|e| e.to_string())
+                client.lock().expect("readiness client").fetch_metadata(Some(&topic), Duration::from_secs(3)).map(|_| ()).map_err(|e| e.to_string())
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
@@ -72,12 +77,19 @@ impl Readiness {
 /// Installs the Prometheus recorder and serves the endpoint on `addr` (an empty address
 /// serves nothing), with `routes` merged in.
 pub async fn serve(addr: &str, routes: Router, readiness: Readiness) -> anyhow::Result<()> {
+    serve_forgetting_gauges(addr, routes, readiness, None).await
+}
+
+/// [`serve`], dropping gauges not set for `idle` (a service that sets its gauges every
+/// round, so that a partition or group gone from the cluster leaves no stale series).
+pub async fn serve_forgetting_gauges(addr: &str, routes: Router, readiness: Readiness, idle: Option<Duration>) -> anyhow::Result<()> {
     if addr.is_empty() {
         return Ok(());
     }
     let socket: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("HTTP address {addr:?}: {e}"))?;
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &crate::telemetry::SECONDS_BUCKETS)?
+        .idle_timeout(MetricKindMask::GAUGE, idle)
         .install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {

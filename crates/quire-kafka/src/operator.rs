@@ -73,6 +73,7 @@ impl Operator {
     /// The audit record of `block` going `from → to`, checked by the state machine.
     pub async fn transition(&self, block_id: &str, dataset_id: &str, request_id: &str, from: BlockState, to: BlockState, reason: &str) -> Result<OutputRecord> {
         state::transition(block_id, from, to).map_err(|e| Error::Other(e.to_string()))?;
+        crate::telemetry::events::block_transition(&self.stage, &self.who, block_id, dataset_id, request_id, from, to);
         let change = StateChange {
             block_id: block_id.to_owned(),
             dataset_id: dataset_id.to_owned(),
@@ -89,11 +90,15 @@ impl Operator {
     }
 
     /// The records that put `block`, now in `from`, back on the queue as its next
-    /// generation with fresh attempts.
-    pub async fn requeue(&self, block: &Block, from: BlockState, reason: &str) -> Result<Vec<OutputRecord>> {
-        let audit = self.transition(&block.block_id, &block.dataset_id, &block.request_id, from, BlockState::Queued, reason).await?;
+    /// generation with fresh attempts, continuing the trace `trace_id` if known.
+    pub async fn requeue(&self, block: &Block, from: BlockState, reason: &str, trace_id: Option<&str>) -> Result<Vec<OutputRecord>> {
+        let mut audit = self.transition(&block.block_id, &block.dataset_id, &block.request_id, from, BlockState::Queued, reason).await?;
         let next = Block { attempt: 0, generation: block.generation + 1, state: BlockState::Queued, updated_at_ms: now_ms(), ..block.clone() };
-        let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
+        let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
+        if let Some(traceparent) = trace_id.and_then(headers::traceparent_in) {
+            headers.push((headers::TRACEPARENT.into(), traceparent.clone().into_bytes()));
+            audit.headers.push((headers::TRACEPARENT.into(), traceparent.into_bytes()));
+        }
         let queued = self.encode(&self.names.queued(), &block.block_id, &next, headers).await?;
         Ok(vec![audit, queued])
     }

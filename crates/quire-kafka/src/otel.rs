@@ -111,12 +111,14 @@ pub fn publish_span(topic: &str) -> (String, OpenSpan) {
 }
 
 /// The `traceparent` for what `stage` (consumer group `group`) writes while processing
-/// `input`: a child of the input's, recorded as a CONSUMER span from `started` to now
-/// when exporting. None when the input carries no valid trace context.
-pub fn process_span(stage: &str, group: &str, input: &Input, started: SystemTime) -> Option<String> {
-    let parent = headers::header(&input.headers, headers::TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok())?;
-    let Some(provider) = PROVIDER.get() else { return headers::child_traceparent(parent) };
-    let parent = Context::new().with_remote_span_context(span_context(parent)?);
+/// `input`: a child of the input's (a new trace if it carries none, e.g. a record from
+/// another producer), recorded as a CONSUMER span from `started` to now when exporting.
+pub fn process_span(stage: &str, group: &str, input: &Input, started: SystemTime) -> String {
+    let parent = headers::header(&input.headers, headers::TRACEPARENT).and_then(|v| std::str::from_utf8(v).ok());
+    let Some(provider) = PROVIDER.get() else {
+        return parent.and_then(headers::child_traceparent).unwrap_or_else(headers::new_traceparent);
+    };
+    let parent = parent.and_then(span_context).map_or_else(Context::new, |p| Context::new().with_remote_span_context(p));
     let tracer = provider.tracer("quire");
     let mut attributes = vec![
         KeyValue::new("messaging.system", "kafka"),
@@ -138,7 +140,7 @@ pub fn process_span(stage: &str, group: &str, input: &Input, started: SystemTime
         .start_with_context(&tracer, &parent);
     let traceparent = traceparent_of(span.span_context());
     span.end();
-    Some(traceparent)
+    traceparent
 }
 
 #[cfg(test)]

@@ -165,9 +165,21 @@ pub struct StageContext {
 }
 
 impl StageContext {
+    /// The context of a stage that drops the blocks of canceled datasets (it follows
+    /// the control topic).
     pub fn new(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+        let canceled = CanceledDatasets::follow(args, &TopicNames::new(&args.topic_prefix).control())?;
+        Self::with_canceled(stage, args, canceled)
+    }
+
+    /// The context of a stage with no use for cancellations (the quarantine files
+    /// failures of canceled datasets too).
+    pub fn ignoring_cancellations(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+        Self::with_canceled(stage, args, CanceledDatasets::default())
+    }
+
+    fn with_canceled(stage: &'static str, args: &KafkaArgs, canceled: CanceledDatasets) -> Result<Self> {
         let names = TopicNames::new(&args.topic_prefix);
-        let canceled = CanceledDatasets::follow(args, &names.control())?;
         Ok(StageContext {
             canceled,
             readiness: Readiness::default(),
@@ -428,7 +440,7 @@ impl Core {
 
     /// Writes the effects of `input` (processed since `started`) not already done;
     /// returns how many were skipped as duplicates. Records carry `input`'s trace on as
-    /// a child span (W3C `traceparent`, see `otel`).
+    /// a child span, or start one (W3C `traceparent`, see `otel`).
     fn apply(&mut self, input: &Input, effects: Vec<Effect>, started: SystemTime) -> Result<usize> {
         let trace = crate::otel::process_span(self.stage, &self.group, input, started);
         let tracestate = headers::header(&input.headers, headers::TRACESTATE).map(<[u8]>::to_vec);
@@ -444,11 +456,9 @@ impl Core {
             for record in &effect.records {
                 let mut record = record.clone();
                 headers::set_header(&mut record.headers, headers::DEDUP_KEY, effect.dedup_key.as_bytes().to_vec());
-                if let Some(trace) = &trace {
-                    headers::set_header(&mut record.headers, headers::TRACEPARENT, trace.as_bytes().to_vec());
-                    if let Some(state) = &tracestate {
-                        headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
-                    }
+                headers::set_header(&mut record.headers, headers::TRACEPARENT, trace.as_bytes().to_vec());
+                if let Some(state) = &tracestate {
+                    headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
                 }
                 self.produce(&record)?;
                 *self.batch.produced.entry(record.topic.clone()).or_default() += 1;

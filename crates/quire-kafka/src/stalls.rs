@@ -139,7 +139,7 @@ impl StallWatch {
                 let latest = self.block_of(&copy).await?;
                 tracing::warn!(block_id = %block.block_id, dataset_id = %block.dataset_id, request_id = %block.request_id, state = %block.state, generation = latest.generation + 1, reason, "stalled block re-driven");
                 metrics::counter!(names::REDRIVES, "state" => block.state.as_str()).increment(1);
-                self.operator.requeue(&latest, block.state, &reason).await?
+                self.operator.requeue(&latest, block.state, &reason, headers::trace_id(&copy.headers).as_deref()).await?
             }
             (_, copy) => {
                 tracing::error!(block_id = %block.block_id, dataset_id = %block.dataset_id, request_id = %block.request_id, state = %block.state, reason, "stalled block quarantined");

@@ -106,8 +106,8 @@ pub mod events {
         tracing::error!(stage, block_id = %err.block_id, from = %err.from, to = %err.to, "illegal transition rejected");
     }
 
-    pub fn block_transition(stage: &'static str, instance_id: &str, block_id: &str, dataset_id: &str, request_id: &str, to: quire_core::BlockState) {
-        tracing::debug!(stage, instance_id, block_id, dataset_id, request_id, to = %to, "block transition");
+    pub fn block_transition(stage: &str, instance_id: &str, block_id: &str, dataset_id: &str, request_id: &str, from: quire_core::BlockState, to: quire_core::BlockState) {
+        tracing::info!(stage, instance_id, block_id, dataset_id, request_id, from = %from, to = %to, "block transition");
     }
 
     pub fn quarantined(instance_id: &str, key: &str, failed_stage: &str, class: &str, reason: &str) {

@@ -10,6 +10,7 @@ use quire_engines::{EngineKind, Engines, EnginesConfig};
 use quire_kafka::stages::inference::Inference;
 use quire_kafka::{KafkaArgs, StageContext};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BuiltIn {
@@ -49,6 +50,15 @@ async fn main() -> anyhow::Result<()> {
     };
     let engines = Arc::new(tokio::task::spawn_blocking(move || Engines::build(&config)).await??);
     tracing::info!(engines = ?engines.names(), "engines loaded");
+    // Breaker gauges follow time (open → half-open) even when no block calls an engine.
+    let refreshed = engines.clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            ticker.tick().await;
+            refreshed.health();
+        }
+    });
     let context = StageContext::new("inference", &cli.kafka)?;
     let stage = Inference::new(context, engines.clone(), cli.kafka.retry_schedule());
     quire_kafka::service::run_stage_with_routes(stage, cli.kafka, routes(engines)).await

@@ -15,6 +15,6 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
-    let context = StageContext::new("quarantine", &cli.kafka)?;
+    let context = StageContext::ignoring_cancellations("quarantine", &cli.kafka)?;
     quire_kafka::service::run_stage(Quarantine::new(context), cli.kafka).await
 }

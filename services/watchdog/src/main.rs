@@ -84,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/watchdog/blocks", get(move || std::future::ready(Json(shown_stalled.lock().expect("report lock").clone()))))
         .route("/watchdog/instances", get(move || std::future::ready(Json(shown_instances.lock().expect("report lock").clone()))));
     let readiness = quire_kafka::http::Readiness::default().checking(&cli.kafka)?;
-    quire_kafka::http::serve(&cli.kafka.metrics_addr, routes, readiness.clone()).await?;
+    // Every gauge is set each round: one not set for ten rounds belongs to something gone.
+    let idle = Duration::from_millis(cli.interval_ms * 10).max(Duration::from_secs(60));
+    quire_kafka::http::serve_forgetting_gauges(&cli.kafka.metrics_addr, routes, readiness.clone(), Some(idle)).await?;
     let groups = quire_kafka::watchdog::pipeline_groups(&cli.kafka);
     let (kafka, cluster, window) = (cli.kafka.clone(), cli.cluster_name.clone(), Duration::from_millis(cli.window_ms));
     let mut watch = tokio::task::spawn_blocking(move || LagWatch::new(&kafka, &cluster, groups, window)).await??;

@@ -42,8 +42,9 @@ pub struct Args {
 
 const SAMPLE: &str = include_str!("../../../../samples/multilingual.jsonl");
 
-/// Starts a service binary that sits beside this one, logging to `<dir>/<name>.log`.
-fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path) -> anyhow::Result<Child> {
+/// Starts a service binary that sits beside this one with `env`, logging to
+/// `<dir>/<name>.log`.
+fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Child> {
     let exe = std::env::current_exe()?.parent().context("binary directory")?.join(name);
     if !exe.is_file() {
         bail!("{} is missing: build the workspace first (cargo build --workspace)", exe.display());
@@ -53,6 +54,7 @@ fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path) -> anyhow::Result<Ch
         .env("QUIRE_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
         .env("QUIRE_SCHEMA_REGISTRY_URL", &kafka.schema_registry_url)
         .env("QUIRE_TOPIC_PREFIX", &kafka.topic_prefix)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -60,8 +62,58 @@ fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path) -> anyhow::Result<Ch
         .with_context(|| format!("starting {}", exe.display()))
 }
 
+/// A local stack with the four services, started in `dir`.
+pub struct LocalPipeline {
+    pub kafka: KafkaArgs,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl LocalPipeline {
+    /// Starts the stack, applies the topics and starts the services with `env`.
+    pub async fn start(dir: &Path, broker_port: u16, registry_port: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let up = UpArgs { dir: DirArgs { dir: dir.to_owned() }, storage: Storage::Memory, broker_port, registry_port };
+        println!("starting the local stack (broker + schema registry) in {}", dir.display());
+        let state = stack::up(&up).await?;
+        let kafka = KafkaArgs {
+            bootstrap_servers: state.bootstrap_servers.clone(),
+            schema_registry_url: state.schema_registry_url.clone(),
+            ..KafkaArgs::default()
+        };
+        let mut pipeline = LocalPipeline { kafka, dir: dir.canonicalize()?, children: Vec::new() };
+        let started = async {
+            apply_topics(&ApplyArgs { kafka: pipeline.kafka.clone(), profile: "local".into(), file: None, dry_run: false }).await?;
+            for name in SERVICES {
+                pipeline.children.push(start_service(name, &pipeline.kafka, &pipeline.dir, env)?);
+                println!("started {name} (log: {})", pipeline.dir.join(format!("{name}.log")).display());
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        match started {
+            Ok(()) => Ok(pipeline),
+            Err(e) => {
+                pipeline.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the services (SIGTERM, then SIGKILL) and the stack.
+    pub fn stop(&mut self) {
+        for child in &mut self.children {
+            stack::stop_process(child.id(), Duration::from_secs(15));
+            let _ = child.wait();
+        }
+        self.children.clear();
+        if let Err(e) = stack::down(&self.dir) {
+            eprintln!("stopping the stack: {e:#}");
+        }
+    }
+}
+
 /// Decoded values of every record on `topic`.
-async fn read_values<T: serde::de::DeserializeOwned>(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<T>> {
+pub async fn read_values<T: serde::de::DeserializeOwned>(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<T>> {
     let codec = Codec::new(&kafka.schema_registry_url)?;
     let records = tokio::task::block_in_place(|| read_all(&TopicReader::new(kafka)?, topic))?;
     let mut values = Vec::with_capacity(records.len());
@@ -109,31 +161,13 @@ fn print_summary(report: &DatasetReport, labels: &BTreeMap<String, usize>) {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let up = UpArgs {
-        dir: DirArgs { dir: args.dir.clone() },
-        storage: Storage::Memory,
-        broker_port: args.broker_port,
-        registry_port: args.registry_port,
-    };
-    println!("starting the local stack (broker + schema registry) in {}", args.dir.display());
-    let state = stack::up(&up).await?;
-    let kafka = KafkaArgs {
-        bootstrap_servers: state.bootstrap_servers.clone(),
-        schema_registry_url: state.schema_registry_url.clone(),
-        ..KafkaArgs::default()
-    };
-    let mut children = Vec::new();
+    let mut pipeline = LocalPipeline::start(&args.dir, args.broker_port, args.registry_port, &[]).await?;
+    let kafka = pipeline.kafka.clone();
     let outcome = async {
-        apply_topics(&ApplyArgs { kafka: kafka.clone(), profile: "local".into(), file: None, dry_run: false }).await?;
-        let dir = args.dir.canonicalize()?;
-        for name in SERVICES {
-            children.push(start_service(name, &kafka, &dir)?);
-            println!("started {name} (log: {})", dir.join(format!("{name}.log")).display());
-        }
         let (path, dataset_name) = match &args.dataset {
             Some(path) => (path.clone(), None),
             None => {
-                let path = dir.join("multilingual.jsonl");
+                let path = pipeline.dir.join("multilingual.jsonl");
                 std::fs::write(&path, SAMPLE)?;
                 (path, Some("multilingual-sample".to_owned()))
             }
@@ -161,11 +195,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     .await;
     if !args.keep {
-        for child in &mut children {
-            stack::stop_process(child.id(), Duration::from_secs(15));
-            let _ = child.wait();
-        }
-        stack::down(&args.dir)?;
+        pipeline.stop();
     }
     let report = outcome?;
     Ok(if report.is_sound() { ExitCode::SUCCESS } else { ExitCode::from(1) })

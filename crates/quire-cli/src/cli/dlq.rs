@@ -313,7 +313,7 @@ async fn replay_one(
                 Some(copy) => copy.clone(),
                 None => decode_block(codec, record).await.ok_or_else(|| anyhow::anyhow!("its payload is not a block"))?,
             };
-            operator.requeue(&block, from, &format!("replayed from quarantine by {by}")).await?
+            operator.requeue(&block, from, &format!("replayed from quarantine by {by}"), record.trace_id.as_deref()).await?
         }
         None => {
             let payload = record.payload.clone().ok_or_else(|| anyhow::anyhow!("the quarantine record keeps no payload"))?;

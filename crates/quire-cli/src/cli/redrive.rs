@@ -40,7 +40,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let state = *states.get(id).ok_or_else(|| anyhow::anyhow!("no audited state: is {id} a block id?"))?;
             let block = latest.get(id).ok_or_else(|| anyhow::anyhow!("no copy of the block on the queued, retry or results topics"))?;
             let by = format!("re-driven by {}", operator.who);
-            let mut records = operator.requeue(block, state, &by).await?;
+            let trace_id = quarantined.get(id).and_then(|r| r.trace_id.as_deref());
+            let mut records = operator.requeue(block, state, &by, trace_id).await?;
             if let Some(record) = quarantined.get(id).filter(|r| r.status == QUARANTINED) {
                 let replayed = QuarantineRecord { status: REPLAYED.into(), replayed_at_ms: Some(now_ms()), replayed_by: Some(by), ..record.clone() };
                 records.push(operator.encode(&names.quarantine(), id, &replayed, Vec::new()).await?);

@@ -105,7 +105,7 @@ impl StageContext {
                 events::illegal_transition(self.stage, &illegal);
                 return Ok(Err(Failure::data("illegal-transition", illegal.to_string())));
             }
-            events::block_transition(self.stage, &self.instance_id, block.block_id, block.dataset_id, block.request_id, pair[1]);
+            events::block_transition(self.stage, &self.instance_id, block.block_id, block.dataset_id, block.request_id, pair[0], pair[1]);
             let change = StateChange {
                 block_id: block.block_id.to_owned(),
                 dataset_id: block.dataset_id.to_owned(),
