@@ -1,7 +1,8 @@
 //! The production compose (docker/compose.yaml) cannot run here (no Docker engine), so
 //! this checks what can be checked without one: Kafka UI gets the environment names it
-//! reads, every stage reaches all three brokers and serves metrics, Prometheus scrapes
-//! every stage, and the topics job applies a profile topics.yaml has.
+//! reads, every stage reaches all three brokers and serves metrics, every Quire setting
+//! it gives is one the code reads, Prometheus scrapes every stage, and the topics job
+//! applies a profile topics.yaml has.
 
 use quire_kafka::topics::TopicsFile;
 use serde_yaml::Value;
@@ -44,6 +45,24 @@ fn production_compose_wires_brokers_ui_stages_and_prometheus() {
         assert_eq!(env(service, "QUIRE_METRICS_ADDR"), Some("0.0.0.0:9100"), "{name}");
         assert!(instances.insert(env(service, "QUIRE_INSTANCE_ID").expect("instance id").to_owned()), "{name}: instance ids must differ");
     }
+
+    // Every QUIRE_* setting the compose file gives a service is one the code reads.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let code = ["crates/quire-kafka/src/config.rs", "services/watchdog/src/main.rs", "services/inference/src/main.rs", "crates/quire-cli/src/cli/report.rs"]
+        .iter()
+        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
+        .collect::<String>();
+    let mut checked = 0;
+    for (name, service) in services.as_mapping().unwrap() {
+        for (key, _) in service["environment"].as_mapping().into_iter().flatten() {
+            let key = key.as_str().unwrap();
+            if key.starts_with("QUIRE_") {
+                assert!(code.contains(&format!("env = \"{key}\"")), "{} sets {key}, which no Quire binary reads", name.as_str().unwrap());
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 30, "{checked} settings checked");
 
     let topics = &services["topics"]["command"];
     let profile = topics.as_sequence().unwrap().iter().skip_while(|a| a.as_str() != Some("--profile")).nth(1).unwrap();

@@ -10,11 +10,11 @@
 //! the offsets move), so an idle transactional pipeline reads lag 0, not 1.
 
 use crate::config::{KafkaArgs, TopicNames};
-use crate::reader::QuietContext;
+use crate::reader::{QuietContext, TopicReader};
 use crate::Result;
 use quire_core::lag::{group_status, LagTable, OffsetSample, PartitionStatus, Window, GROUP_STATUSES};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -76,10 +76,16 @@ pub struct LagWatch {
     windows: HashMap<(String, String, i32), Window>,
     window_ms: i64,
     previous_committed: HashMap<String, (i64, i64)>,
-    probe: BaseConsumer<QuietContext>,
+    /// Looks whether records lie in a gap (or only commit markers).
+    probe: TopicReader,
     /// (topic, partition) → (from, to, whether a record lies in between).
     probed: HashMap<(String, i32), (i64, i64, bool)>,
+    /// Topic → (partition count, when fetched).
+    partition_counts: HashMap<String, (i32, i64)>,
 }
+
+/// How long a topic's partition count is trusted before its metadata is fetched again.
+const METADATA_MAX_AGE_MS: i64 = 60_000;
 
 /// Every stage's consumer group and the topics it consumes.
 pub fn pipeline_groups(args: &KafkaArgs) -> Vec<(String, Vec<String>)> {
@@ -105,7 +111,7 @@ pub struct StageBacklog {
 /// Each stage's backlog from one look at its group's offsets and its oldest unprocessed
 /// record. Retry topics are left out: their records wait by design.
 pub fn stage_backlogs(args: &KafkaArgs, now_ms: i64) -> Result<Vec<StageBacklog>> {
-    let reader = crate::reader::TopicReader::new(args)?;
+    let reader = TopicReader::new(args)?;
     let mut backlogs = Vec::new();
     for (group, topics) in pipeline_groups(args) {
         let consumer: BaseConsumer<QuietContext> = args.client_config().set("group.id", &group).set("enable.auto.commit", "false").create_with_context(QuietContext)?;
@@ -152,14 +158,7 @@ impl LagWatch {
                 .create_with_context(QuietContext)?)
         };
         let watermarks = consumer(&format!("quire-watchdog-{:08x}", rand::random::<u32>()))?;
-        let probe = args
-            .client_config()
-            .set("group.id", format!("quire-watchdog-probe-{:08x}", rand::random::<u32>()))
-            .set("fetch.wait.max.ms", "20")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
-            .create_with_context(QuietContext)?;
+        let probe = TopicReader::new(args)?;
         // A consumer per group only reads the group's offsets: it never joins the group.
         let offsets = groups.iter().map(|(g, _)| Ok((g.clone(), consumer(g)?))).collect::<Result<_>>()?;
         Ok(LagWatch {
@@ -173,6 +172,7 @@ impl LagWatch {
             previous_committed: HashMap::new(),
             probe,
             probed: HashMap::new(),
+            partition_counts: HashMap::new(),
         })
     }
 
@@ -185,25 +185,28 @@ impl LagWatch {
                 return Ok(answer);
             }
         }
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(topic, partition, Offset::Offset(from))?;
-        self.probe.assign(&assignment)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
         // Some(answer) when sure; None (an error, a timeout) is asked again next time.
-        let answer = loop {
-            match self.probe.poll(Duration::from_millis(100)) {
-                Some(Ok(message)) => break Some(message.offset() < to),
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) => break Some(false),
-                Some(Err(_)) => break None,
-                None if std::time::Instant::now() >= deadline => break None,
-                None => {}
-            }
+        let answer = match self.probe.first_from(topic, partition, from, Duration::from_secs(5)) {
+            Ok(first) => Some(first.is_some_and(|record| record.offset < to)),
+            Err(_) => None,
         };
-        self.probe.unassign()?;
         if let Some(answer) = answer {
             self.probed.insert(key, (from, to, answer));
         }
         Ok(answer.unwrap_or(true))
+    }
+
+    /// How many partitions `topic` has, from metadata fetched at most a minute ago.
+    fn partition_count(&mut self, topic: &str, now_ms: i64) -> Result<i32> {
+        if let Some(&(count, at)) = self.partition_counts.get(topic) {
+            if now_ms - at < METADATA_MAX_AGE_MS {
+                return Ok(count);
+            }
+        }
+        let metadata = self.watermarks.fetch_metadata(Some(topic), TIMEOUT)?;
+        let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
+        self.partition_counts.insert(topic.to_owned(), (count, now_ms));
+        Ok(count)
     }
 
     /// Samples every group once at `now_ms`.
@@ -226,9 +229,7 @@ impl LagWatch {
         let mut wanted = TopicPartitionList::new();
         let mut ends = HashMap::new();
         for topic in topics {
-            let metadata = self.watermarks.fetch_metadata(Some(topic), TIMEOUT)?;
-            let partitions = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
-            for partition in 0..partitions {
+            for partition in 0..self.partition_count(topic, now_ms)? {
                 let (low, high) = self.watermarks.fetch_watermarks(topic, partition, TIMEOUT)?;
                 ends.insert((topic.clone(), partition), (low, high));
                 self.tables.entry((topic.clone(), partition)).or_insert_with(|| LagTable::new(120)).record(high, now_ms);

@@ -3,13 +3,12 @@
 //! in flight where the next stage meets them, since every stage follows the control
 //! topic this command writes to. A canceled block never reaches the completed topic.
 
-use super::report::{latest_quarantine, read_all};
-use quire_core::records::{now_ms, DatasetControl, StateChange, CANCEL, CANCELED, QUARANTINED};
+use super::report::{latest_changes, latest_quarantine, read_all};
+use quire_core::records::{now_ms, DatasetControl, CANCEL, CANCELED, QUARANTINED};
 use quire_core::BlockState;
 use quire_kafka::operator::Operator;
 use quire_kafka::reader::TopicReader;
 use quire_kafka::KafkaArgs;
-use std::collections::HashMap;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]
@@ -31,14 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok((read_all(&reader, &names.events())?, read_all(&reader, &names.quarantine())?))
     })?;
     let codec = operator.codec();
-    // The latest state of each of the dataset's blocks, with its request id.
-    let mut latest: HashMap<String, (BlockState, String)> = HashMap::new();
-    for (_, value) in &events {
-        let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await else { continue };
-        if change.dataset_id == args.dataset {
-            latest.insert(change.block_id, (change.to_state, change.request_id));
-        }
-    }
+    let latest = latest_changes(codec, &events, |_| true, |change| change.dataset_id == args.dataset).await;
     let why = args.reason.clone().unwrap_or_else(|| "no reason given".into());
     let reason = format!("dataset {} canceled by {}: {why}", args.dataset, operator.who);
     let control = DatasetControl {
@@ -50,9 +42,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut records = vec![operator.encode(&names.control(), &args.dataset, &control, Vec::new()).await?];
     let mut at_rest = 0;
-    for (block_id, (state, request_id)) in &latest {
-        if *state == BlockState::Error {
-            records.push(operator.transition(block_id, &args.dataset, request_id, BlockState::Error, BlockState::Canceled, &reason).await?);
+    for (block_id, change) in &latest {
+        if change.to_state == BlockState::Error {
+            records.push(operator.transition(block_id, &args.dataset, &change.request_id, BlockState::Error, BlockState::Canceled, &reason).await?);
             at_rest += 1;
         }
     }
@@ -63,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     tokio::task::block_in_place(|| operator.commit(&records))?;
-    let completed = latest.values().filter(|(s, _)| *s == BlockState::Completed).count();
+    let completed = latest.values().filter(|change| change.to_state == BlockState::Completed).count();
     println!(
         "dataset {} canceled: {at_rest} block(s) in ERROR canceled now, {completed} already completed; blocks in flight are canceled where the stages meet them",
         args.dataset

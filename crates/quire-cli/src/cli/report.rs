@@ -109,22 +109,32 @@ pub fn read_all(reader: &TopicReader, topic: &str) -> anyhow::Result<Vec<KeyValu
     Ok(records)
 }
 
-/// The latest state of each block that `wanted`, from the audit topic's records in
-/// order (one block's events share a partition, so their order is the order written).
-pub async fn latest_states(
+/// The latest audit event of each block whose id is `wanted`, among the events `keep`
+/// accepts, from the audit topic's records in order (one block's events share a
+/// partition, so their order is the order written). COMPLETED and CANCELED are final:
+/// a stale generation's later events do not undo them.
+pub async fn latest_changes(
     codec: &Codec,
     events: &[KeyValue],
     wanted: impl Fn(&str) -> bool,
-) -> HashMap<String, BlockState> {
-    let mut latest = HashMap::new();
+    keep: impl Fn(&StateChange) -> bool,
+) -> HashMap<String, StateChange> {
+    let mut latest: HashMap<String, StateChange> = HashMap::new();
     for (key, value) in events {
         if !key.as_deref().is_some_and(&wanted) {
             continue;
         }
         let Ok(change) = codec.decode::<StateChange>(value.as_deref()).await else { continue };
-        latest.insert(change.block_id, change.to_state);
+        if keep(&change) && !latest.get(&change.block_id).is_some_and(|seen| seen.to_state.is_terminal()) {
+            latest.insert(change.block_id.clone(), change);
+        }
     }
     latest
+}
+
+/// The latest state of each block whose id is `wanted` (see [`latest_changes`]).
+pub async fn latest_states(codec: &Codec, events: &[KeyValue], wanted: impl Fn(&str) -> bool) -> HashMap<String, BlockState> {
+    latest_changes(codec, events, wanted, |_| true).await.into_iter().map(|(id, change)| (id, change.to_state)).collect()
 }
 
 /// The latest quarantine record per key (the compacted topic's view).
