@@ -99,7 +99,7 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
         .expect("audit record");
     lost.commit(&[processing]).expect("write PROCESSING");
 
-    eventually(WAIT, "the watchdog to re-drive the PROCESSING block", || (counter(port, "quire_watchdog_block_redrives_total", "PROCESSING") == 1.0).then_some(()))
+    eventually(WAIT, "the watchdog to re-drive the PROCESSING block", || (counter(port, "quire_watchdog_blocks_redriven_total", "PROCESSING") == 1.0).then_some(()))
         .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
     let redrive = events_of(&pipeline, &block).into_iter().find(|e| e.stage == "watchdog").expect("the re-drive is audited");
     assert_eq!((redrive.from_state, redrive.to_state), (BlockState::Processing, BlockState::Queued), "{redrive:?}");
@@ -113,8 +113,8 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     assert_exactly_once(&pipeline, "held", 1);
     // Completed: it is judged no more, and was re-driven once.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(counter(port, "quire_watchdog_block_redrives_total", "PROCESSING"), 1.0);
-    assert_eq!(counter(port, "quire_watchdog_block_redrives_total", "QUEUED"), 0.0);
+    assert_eq!(counter(port, "quire_watchdog_blocks_redriven_total", "PROCESSING"), 1.0);
+    assert_eq!(counter(port, "quire_watchdog_blocks_redriven_total", "QUEUED"), 0.0);
     assert_eq!(counter(port, "quire_watchdog_blocks_quarantined_total", "PROCESSING"), 0.0);
     let last = events_of(&pipeline, &block).pop().expect("events");
     assert_eq!(last.to_state, BlockState::Completed, "{last:?}");
@@ -132,7 +132,7 @@ fn a_block_lost_again_after_its_redrives_is_quarantined_as_stalled_and_can_be_re
 
     // Read and lost while QUEUED: re-driven once (the budget), as generation 1.
     lose(&pipeline, &first[0]);
-    eventually(WAIT, "a re-drive of the QUEUED block", || (counter(port, "quire_watchdog_block_redrives_total", "QUEUED") == 1.0).then_some(()))
+    eventually(WAIT, "a re-drive of the QUEUED block", || (counter(port, "quire_watchdog_blocks_redriven_total", "QUEUED") == 1.0).then_some(()))
         .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
     let second = queued_records(&pipeline, &mut positions, 1);
     // Waiting in line is not stalling: while inference has not read generation 1, it stays.
@@ -145,7 +145,7 @@ fn a_block_lost_again_after_its_redrives_is_quarantined_as_stalled_and_can_be_re
     })
     .unwrap_or_else(|e| panic!("{e}: {}\n{}", report(), pipeline.logs()));
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(counter(port, "quire_watchdog_block_redrives_total", "QUEUED"), 1.0);
+    assert_eq!(counter(port, "quire_watchdog_blocks_redriven_total", "QUEUED"), 1.0);
     assert_eq!(counter(port, "quire_watchdog_blocks_quarantined_total", "QUEUED"), 0.0);
 
     // Lost again: the budget is spent, so it is quarantined as stalled.

@@ -10,6 +10,12 @@
 //! stage that is already behind. A lost block is re-driven (a new generation on the
 //! queue) a bounded number of times, then quarantined with reason `stalled`.
 //!
+//! Acting takes more than one look: the Kafka side acts only on blocks whose partitions
+//! it has read to a settled point ([`BlockWatch::to_act`]), and only when two rounds in a
+//! row reach the same verdict on the same copy. A block with no copy is only waited on
+//! for one TTL more before it is quarantined. After acting, the block is not judged
+//! again until its own event is read back or a TTL has passed (the write may have failed).
+//!
 //! Everything is rebuilt from the topics, so a restarted watchdog judges alike: re-drives
 //! are counted from the audit events the watchdog itself wrote.
 
@@ -122,10 +128,12 @@ struct Watched {
     request_id: String,
     copies: HashMap<CopyKind, CopyRef>,
     redrives: u32,
-    /// An action was written and its audit event not read back yet.
-    acted: bool,
+    /// When an action was last taken, until its audit event is read back.
+    acted_at_ms: Option<i64>,
     /// When the watchdog first heard of the block (copies may come before events).
     seen_ms: i64,
+    /// The audit topic's partition the block's events are on.
+    events_partition: Option<i32>,
 }
 
 /// What to do about a stalled block.
@@ -147,10 +155,14 @@ pub struct Stalled {
     pub dataset_id: String,
     pub request_id: String,
     pub state: BlockState,
+    /// When it entered the state (the audit event's time).
+    pub since_ms: i64,
     pub in_state_ms: i64,
     pub ttl_ms: i64,
     pub redrives: u32,
     pub copy: Option<CopyRef>,
+    /// The audit topic's partition the block's events are on.
+    pub events_partition: Option<i32>,
     pub verdict: Verdict,
 }
 
@@ -171,9 +183,11 @@ impl Stalled {
 pub struct BlockWatch {
     policy: StallPolicy,
     blocks: HashMap<String, Watched>,
-    /// Blocks that completed or were canceled, and when: later events of a stale
-    /// generation must not bring them back to life.
+    /// Blocks that completed or were canceled, and when the watchdog learnt it: later
+    /// events of a stale generation must not bring them back to life.
     finished: HashMap<String, i64>,
+    /// Last round's candidates for action: block → (verdict, copy offset).
+    candidates: HashMap<String, (Verdict, Option<i64>)>,
 }
 
 impl BlockWatch {
@@ -190,22 +204,24 @@ impl BlockWatch {
         self.blocks.values().filter(|w| w.state.is_some()).count()
     }
 
-    /// Applies one audit event (events of one block arrive in the order written).
-    pub fn on_event(&mut self, change: &StateChange) {
+    /// Applies one audit event read at `now_ms` from `partition` of the audit topic
+    /// (events of one block arrive in the order written).
+    pub fn on_event(&mut self, change: &StateChange, partition: i32, now_ms: i64) {
         if self.finished.contains_key(&change.block_id) {
             return;
         }
         if change.to_state.is_terminal() {
             self.blocks.remove(&change.block_id);
-            self.finished.insert(change.block_id.clone(), change.at_ms);
+            self.finished.insert(change.block_id.clone(), now_ms);
             return;
         }
-        let watched = self.blocks.entry(change.block_id.clone()).or_insert_with(|| Watched { seen_ms: change.at_ms, ..Watched::default() });
+        let watched = self.blocks.entry(change.block_id.clone()).or_insert_with(|| Watched { seen_ms: now_ms, ..Watched::default() });
         watched.state = Some(change.to_state);
         watched.since_ms = change.at_ms;
         watched.dataset_id.clone_from(&change.dataset_id);
         watched.request_id.clone_from(&change.request_id);
-        watched.acted = false;
+        watched.events_partition = Some(partition);
+        watched.acted_at_ms = None;
         match change.stage.as_str() {
             WATCHDOG_STAGE if change.to_state == BlockState::Queued => watched.redrives += 1,
             // A person stepped in: the block gets a fresh budget.
@@ -225,12 +241,31 @@ impl BlockWatch {
         }
     }
 
-    /// Notes that an action on `block_id` was written: it is not judged again until its
-    /// audit event is read back.
-    pub fn acted(&mut self, block_id: &str) {
+    /// Notes that an action on `block_id` was attempted at `now_ms`: it is not judged
+    /// again until its audit event is read back, or its state's TTL has passed (the
+    /// write may have failed, or succeeded without the watchdog hearing so).
+    pub fn acted(&mut self, block_id: &str, now_ms: i64) {
         if let Some(watched) = self.blocks.get_mut(block_id) {
-            watched.acted = true;
+            watched.acted_at_ms = Some(now_ms);
         }
+        self.candidates.remove(block_id);
+    }
+
+    /// Of `stalled`, the blocks to act on now: a verdict other than waiting, reached on
+    /// a block whose partitions are `settled` (read far enough to be sure), the same as
+    /// last round on the same copy. Remembers this round's candidates for the next.
+    pub fn to_act(&mut self, stalled: &[Stalled], settled: impl Fn(&Stalled) -> bool) -> Vec<Stalled> {
+        let mut candidates = HashMap::new();
+        let mut confirmed = Vec::new();
+        for block in stalled.iter().filter(|b| b.verdict != Verdict::Waiting && settled(b)) {
+            let seen = (block.verdict, block.copy.as_ref().map(|c| c.offset));
+            if self.candidates.get(&block.block_id) == Some(&seen) {
+                confirmed.push(block.clone());
+            }
+            candidates.insert(block.block_id.clone(), seen);
+        }
+        self.candidates = candidates;
+        confirmed
     }
 
     /// Blocks past their state's TTL at `now_ms`. `passed(kind, copy)` says whether the
@@ -239,17 +274,18 @@ impl BlockWatch {
         let mut stalled: Vec<Stalled> = self
             .blocks
             .iter()
-            .filter(|(_, w)| !w.acted)
             .filter_map(|(id, w)| {
                 let state = w.state?;
                 let ttl = self.policy.ttl(state)?.as_millis() as i64;
                 let in_state_ms = now_ms - w.since_ms;
-                if in_state_ms <= ttl {
+                if in_state_ms <= ttl || w.acted_at_ms.is_some_and(|at| now_ms - at <= ttl) {
                     return None;
                 }
                 let kind = CopyKind::for_state(state)?;
                 let copy = w.copies.get(&kind).cloned();
                 let verdict = match &copy {
+                    // Its copy may still be on its way: one TTL more, then it is lost.
+                    None if in_state_ms <= 2 * ttl => Verdict::Waiting,
                     None => Verdict::Quarantine,
                     Some(c) if passed(kind, c) != Some(true) => Verdict::Waiting,
                     Some(_) if w.redrives < self.policy.max_redrives => Verdict::Redrive,
@@ -260,10 +296,12 @@ impl BlockWatch {
                     dataset_id: w.dataset_id.clone(),
                     request_id: w.request_id.clone(),
                     state,
+                    since_ms: w.since_ms,
                     in_state_ms,
                     ttl_ms: ttl,
                     redrives: w.redrives,
                     copy,
+                    events_partition: w.events_partition,
                     verdict,
                 })
             })
@@ -272,8 +310,8 @@ impl BlockWatch {
         stalled
     }
 
-    /// Forgets finished blocks older than `horizon`, and copies of blocks never audited
-    /// within it (their events are gone, or they belong to no block).
+    /// Forgets blocks finished longer than `horizon` ago, and copies of blocks never
+    /// audited within it (their events are gone, or they belong to no block).
     pub fn prune(&mut self, now_ms: i64, horizon: Duration) {
         let oldest = now_ms - horizon.as_millis() as i64;
         self.finished.retain(|_, at| *at >= oldest);
@@ -316,7 +354,7 @@ mod tests {
     fn a_block_within_its_ttl_is_not_stalled() {
         let mut watch = BlockWatch::new(policy());
         watch.on_copy("b", CopyKind::Queued, copy(3, 0), 0);
-        watch.on_event(&event("b", Claimed, Queued, "claimer", 1_000));
+        watch.on_event(&event("b", Claimed, Queued, "claimer", 1_000), 0, 1_000);
         assert!(verdicts(&watch, 11_000, true).is_empty());
         assert_eq!(verdicts(&watch, 11_001, true), [("b".to_owned(), Verdict::Redrive)]);
     }
@@ -325,7 +363,7 @@ mod tests {
     fn a_block_the_stage_has_not_reached_is_waiting_not_redriven() {
         let mut watch = BlockWatch::new(policy());
         watch.on_copy("b", CopyKind::Queued, copy(3, 0), 0);
-        watch.on_event(&event("b", Claimed, Queued, "claimer", 0));
+        watch.on_event(&event("b", Claimed, Queued, "claimer", 0), 0, 0);
         assert_eq!(verdicts(&watch, 60_000, false), [("b".to_owned(), Verdict::Waiting)]);
         assert_eq!(watch.stalled(60_000, |_, _| None)[0].verdict, Verdict::Waiting);
     }
@@ -334,13 +372,13 @@ mod tests {
     fn redrives_are_bounded_then_the_block_is_quarantined() {
         let mut watch = BlockWatch::new(policy());
         watch.on_copy("b", CopyKind::Queued, copy(3, 0), 0);
-        watch.on_event(&event("b", Queued, Processing, "inference", 0));
+        watch.on_event(&event("b", Queued, Processing, "inference", 0), 0, 0);
         let stalled = watch.stalled(6_000, |_, _| Some(true));
         assert_eq!(stalled[0].verdict, Verdict::Redrive);
         assert_eq!(stalled[0].reason(1), "stalled: in PROCESSING for 6 s, past its 5 s TTL; re-drive 1 of 1");
-        watch.acted("b");
+        watch.acted("b", 6_000);
         assert!(verdicts(&watch, 7_000, true).is_empty(), "not judged again before its event is read back");
-        watch.on_event(&event("b", Processing, Queued, WATCHDOG_STAGE, 7_000));
+        watch.on_event(&event("b", Processing, Queued, WATCHDOG_STAGE, 7_000), 0, 7_000);
         watch.on_copy("b", CopyKind::Queued, copy(9, 1), 7_000);
         assert!(verdicts(&watch, 17_000, true).is_empty(), "QUEUED has its own TTL");
         let stalled = watch.stalled(17_001, |_, c| Some(c.generation == 1));
@@ -352,10 +390,10 @@ mod tests {
     fn an_operator_action_restores_the_budget() {
         let mut watch = BlockWatch::new(policy());
         watch.on_copy("b", CopyKind::Result, copy(1, 2), 0);
-        watch.on_event(&event("b", Processing, Queued, WATCHDOG_STAGE, 0));
-        watch.on_event(&event("b", Queued, Error, WATCHDOG_STAGE, 0));
-        watch.on_event(&event("b", Error, Queued, OPERATOR_STAGE, 0));
-        watch.on_event(&event("b", Processing, Validating, "inference", 0));
+        watch.on_event(&event("b", Processing, Queued, WATCHDOG_STAGE, 0), 0, 0);
+        watch.on_event(&event("b", Queued, Error, WATCHDOG_STAGE, 0), 0, 0);
+        watch.on_event(&event("b", Error, Queued, OPERATOR_STAGE, 0), 0, 0);
+        watch.on_event(&event("b", Processing, Validating, "inference", 0), 0, 0);
         assert_eq!(verdicts(&watch, 10_000, true), [("b".to_owned(), Verdict::Redrive)]);
     }
 
@@ -364,19 +402,50 @@ mod tests {
         let mut watch = BlockWatch::new(policy());
         watch.on_copy("b", CopyKind::Queued, copy(1, 0), 0);
         watch.on_copy("b", CopyKind::Result, CopyRef { topic: "r".into(), ..copy(7, 0) }, 0);
-        watch.on_event(&event("b", Processing, Validating, "inference", 0));
+        watch.on_event(&event("b", Processing, Validating, "inference", 0), 0, 0);
         let stalled = watch.stalled(6_000, |kind, c| Some(kind == CopyKind::Result && c.topic == "r"));
         assert_eq!(stalled[0].verdict, Verdict::Redrive);
         assert_eq!(stalled[0].copy.as_ref().map(|c| c.offset), Some(7));
     }
 
     #[test]
-    fn without_a_copy_the_block_is_quarantined() {
+    fn without_a_copy_the_block_waits_one_ttl_more_then_is_quarantined() {
         let mut watch = BlockWatch::new(policy());
-        watch.on_event(&event("b", Claimed, Queued, "claimer", 0));
-        let stalled = watch.stalled(20_000, |_, _| Some(true));
+        watch.on_event(&event("b", Claimed, Queued, "claimer", 0), 0, 0);
+        assert_eq!(verdicts(&watch, 20_000, true), [("b".to_owned(), Verdict::Waiting)]);
+        let stalled = watch.stalled(20_001, |_, _| Some(true));
         assert_eq!(stalled[0].verdict, Verdict::Quarantine);
         assert!(stalled[0].reason(1).ends_with("no copy of the block is left to re-drive"));
+    }
+
+    #[test]
+    fn a_failed_action_is_tried_again_after_a_ttl() {
+        let mut watch = BlockWatch::new(policy());
+        watch.on_copy("b", CopyKind::Queued, copy(3, 0), 0);
+        watch.on_event(&event("b", Queued, Processing, "inference", 0), 0, 0);
+        watch.acted("b", 6_000);
+        assert!(verdicts(&watch, 11_000, true).is_empty());
+        assert_eq!(verdicts(&watch, 11_001, true), [("b".to_owned(), Verdict::Redrive)]);
+    }
+
+    #[test]
+    fn only_settled_verdicts_confirmed_by_a_second_round_are_acted_on() {
+        let mut watch = BlockWatch::new(policy());
+        for (block, offset) in [("a", 1), ("b", 2), ("c", 3)] {
+            watch.on_copy(block, CopyKind::Queued, copy(offset, 0), 0);
+            watch.on_event(&event(block, Queued, Processing, "inference", 0), 0, 0);
+        }
+        let settled = |s: &Stalled| s.block_id != "c";
+        let first = watch.stalled(6_000, |_, _| Some(true));
+        assert!(watch.to_act(&first, settled).is_empty(), "a first sighting is not enough");
+        // b's copy changed between the rounds: a new sighting.
+        watch.on_copy("b", CopyKind::Queued, copy(9, 1), 6_500);
+        let second = watch.stalled(7_000, |_, _| Some(true));
+        let acted: Vec<String> = watch.to_act(&second, settled).into_iter().map(|s| s.block_id).collect();
+        assert_eq!(acted, ["a"], "c is never settled, b was seen once on its new copy");
+        let third = watch.stalled(8_000, |_, _| Some(true));
+        let acted: Vec<String> = watch.to_act(&third, settled).into_iter().map(|s| s.block_id).collect();
+        assert_eq!(acted, ["a", "b"]);
     }
 
     #[test]
@@ -384,16 +453,16 @@ mod tests {
         let mut watch = BlockWatch::new(policy());
         watch.on_copy("b", CopyKind::Queued, copy(9, 1), 0);
         watch.on_copy("b", CopyKind::Queued, copy(3, 0), 0);
-        watch.on_event(&event("b", Claimed, Queued, "claimer", 0));
+        watch.on_event(&event("b", Claimed, Queued, "claimer", 0), 0, 0);
         assert_eq!(watch.stalled(20_000, |_, _| Some(true))[0].copy.as_ref().map(|c| c.generation), Some(1));
     }
 
     #[test]
     fn finished_blocks_stay_finished_and_are_forgotten_later() {
         let mut watch = BlockWatch::new(policy());
-        watch.on_event(&event("b", Validating, Completed, "validator", 1_000));
+        watch.on_event(&event("b", Validating, Completed, "validator", 1_000), 0, 1_000);
         // A stale generation's events after completion do not revive the block.
-        watch.on_event(&event("b", Queued, Processing, "inference", 2_000));
+        watch.on_event(&event("b", Queued, Processing, "inference", 2_000), 0, 2_000);
         watch.on_copy("b", CopyKind::Queued, copy(3, 0), 2_000);
         assert_eq!(watch.live(), 0);
         assert!(watch.stalled(60_000, |_, _| Some(true)).is_empty());

@@ -97,6 +97,9 @@ impl KafkaArgs {
         if self.max_batch == 0 {
             return Err("max_batch must be at least 1".into());
         }
+        if self.heartbeat_interval_ms == 0 {
+            return Err("heartbeat_interval_ms must be at least 1".into());
+        }
         if self.transaction_timeout_ms < 2_000 {
             return Err(format!("transaction_timeout_ms {} is below 2000", self.transaction_timeout_ms));
         }

@@ -166,10 +166,10 @@ pub fn child_traceparent(parent: &str) -> Option<String> {
     }
 }
 
-/// A new span in the trace `trace_id` (32 hex digits), as a `traceparent`: how an
-/// operator action continues a block's trace when only its id was kept.
-pub fn traceparent_in(trace_id: &str) -> Option<String> {
-    child_traceparent(&format!("00-{trace_id}-0000000000000001-01"))
+/// A new span continuing `trace`: a child of a full `traceparent`, or a new span in the
+/// trace when only its id (32 hex digits) was kept.
+pub fn continue_trace(trace: &str) -> Option<String> {
+    child_traceparent(trace).or_else(|| child_traceparent(&format!("00-{trace}-0000000000000001-01")))
 }
 
 /// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
@@ -226,9 +226,10 @@ mod tests {
         assert_eq!(child[..35], parent[..35], "same version and trace id");
         assert_ne!(child[36..52], parent[36..52], "new span id");
         assert_eq!(child_traceparent("01-abc"), None);
-        let continued = traceparent_in("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let continued = continue_trace("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         assert!(continued.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && continued.ends_with("-01"), "{continued}");
-        assert_eq!(traceparent_in("not-a-trace"), None);
+        assert_eq!(continue_trace(&parent).unwrap()[..35], parent[..35]);
+        assert_eq!(continue_trace("not-a-trace"), None);
     }
 
     #[test]

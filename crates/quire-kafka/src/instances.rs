@@ -7,7 +7,7 @@ use crate::reader::TopicReader;
 use crate::{Codec, Result};
 use quire_core::instances::{InstanceReport, InstanceTable, Liveness};
 use quire_core::records::InstanceHeartbeat;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Metric names of the instance watchdog.
@@ -31,6 +31,8 @@ pub struct InstanceWatch {
     forget_after: Duration,
     /// Liveness last reported per instance key, to log changes only.
     last: HashMap<String, Liveness>,
+    /// Whether the first read (the heartbeats from before the watchdog started) is done.
+    caught_up: bool,
 }
 
 impl InstanceWatch {
@@ -44,6 +46,7 @@ impl InstanceWatch {
             ttl,
             forget_after,
             last: HashMap::new(),
+            caught_up: false,
         })
     }
 
@@ -52,10 +55,16 @@ impl InstanceWatch {
         let records = tokio::task::block_in_place(|| self.reader.read_new(&self.topic, &mut self.positions, READ_TIMEOUT))?;
         for record in records {
             match self.codec.decode::<InstanceHeartbeat>(record.payload.as_deref()).await {
-                Ok(heartbeat) => self.table.on_heartbeat(heartbeat),
+                // What the first read finds was heard before the watchdog started: at
+                // the latest when sent.
+                Ok(heartbeat) => {
+                    let heard_at = if self.caught_up { now_ms } else { heartbeat.sent_at_ms.min(now_ms) };
+                    self.table.on_heartbeat(heartbeat, heard_at);
+                }
                 Err(e) => tracing::warn!(topic = %record.topic, offset = record.offset, error = %e, "unreadable heartbeat skipped"),
             }
         }
+        self.caught_up = true;
         let reports = self.table.judge(now_ms, self.ttl, self.forget_after);
         for report in &reports {
             let key = format!("{}/{}", report.service, report.instance_id);
@@ -77,13 +86,14 @@ impl InstanceWatch {
     }
 }
 
-/// Sets the instance counts, 0 where none, for the pipeline's services and any other.
+/// Sets the instance counts, 0 where none, by service (a name no Quire service has
+/// counts as `other`: heartbeats are anyone's to write, label values are not).
 fn export(reports: &[InstanceReport]) {
-    let services: BTreeSet<&str> = SERVICES.into_iter().chain(reports.iter().map(|r| r.service.as_str())).collect();
-    for service in services {
+    let service_of = |r: &InstanceReport| SERVICES.into_iter().find(|s| *s == r.service).unwrap_or("other");
+    for service in SERVICES.into_iter().chain(["other"]) {
         for liveness in Liveness::ALL {
-            let count = reports.iter().filter(|r| r.service == service && r.liveness == liveness).count();
-            metrics::gauge!(names::INSTANCES, "service" => service.to_owned(), "liveness" => liveness.as_str()).set(count as f64);
+            let count = reports.iter().filter(|r| service_of(r) == service && r.liveness == liveness).count();
+            metrics::gauge!(names::INSTANCES, "service" => service, "liveness" => liveness.as_str()).set(count as f64);
         }
     }
 }

@@ -90,12 +90,13 @@ impl Operator {
     }
 
     /// The records that put `block`, now in `from`, back on the queue as its next
-    /// generation with fresh attempts, continuing the trace `trace_id` if known.
-    pub async fn requeue(&self, block: &Block, from: BlockState, reason: &str, trace_id: Option<&str>) -> Result<Vec<OutputRecord>> {
+    /// generation with fresh attempts, continuing `trace` (a `traceparent`, or only a
+    /// trace id) if known.
+    pub async fn requeue(&self, block: &Block, from: BlockState, reason: &str, trace: Option<&str>) -> Result<Vec<OutputRecord>> {
         let mut audit = self.transition(&block.block_id, &block.dataset_id, &block.request_id, from, BlockState::Queued, reason).await?;
         let next = Block { attempt: 0, generation: block.generation + 1, state: BlockState::Queued, updated_at_ms: now_ms(), ..block.clone() };
         let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-        if let Some(traceparent) = trace_id.and_then(headers::traceparent_in) {
+        if let Some(traceparent) = trace.and_then(headers::continue_trace) {
             headers.push((headers::TRACEPARENT.into(), traceparent.clone().into_bytes()));
             audit.headers.push((headers::TRACEPARENT.into(), traceparent.into_bytes()));
         }

@@ -73,6 +73,9 @@ pub fn init(service: &str) -> Option<ExportGuard> {
 fn span_context(traceparent: &str) -> Option<SpanContext> {
     let parts: Vec<&str> = traceparent.trim().split('-').collect();
     let ["00", trace, span, flags] = parts.as_slice() else { return None };
+    if trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
+        return None;
+    }
     let flags = u8::from_str_radix(flags, 16).ok()?;
     let context = SpanContext::new(TraceId::from_hex(trace).ok()?, SpanId::from_hex(span).ok()?, TraceFlags::new(flags), true, TraceState::default());
     context.is_valid().then_some(context)
@@ -153,5 +156,6 @@ mod tests {
         assert_eq!(traceparent_of(&span_context(parent).unwrap()), parent);
         assert!(span_context("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
         assert!(span_context("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_none());
+        assert!(span_context("00-4bf92f35-00f067aa0ba902b7-01").is_none(), "short ids are refused");
     }
 }

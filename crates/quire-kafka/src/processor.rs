@@ -119,16 +119,24 @@ pub struct Effect {
     pub records: Vec<OutputRecord>,
     /// Skip the effect if this key is done too (a failure of a block that completed).
     pub unless_done: Option<String>,
+    /// A block's age at completion (ms since its document was submitted), observed in
+    /// the end-to-end latency histogram once the effect is committed.
+    pub completes_block_aged_ms: Option<i64>,
 }
 
 impl Effect {
     pub fn new(dedup_key: String, records: Vec<OutputRecord>) -> Self {
-        Effect { dedup_key, records, unless_done: None }
+        Effect { dedup_key, records, unless_done: None, completes_block_aged_ms: None }
     }
 
     /// The same effect, skipped if `key` is already done.
     pub fn unless_done(self, key: &str) -> Self {
         Effect { unless_done: Some(key.to_owned()), ..self }
+    }
+
+    /// The same effect, completing a block `age_ms` after its submission.
+    pub fn completing_block_aged(self, age_ms: i64) -> Self {
+        Effect { completes_block_aged_ms: Some(age_ms), ..self }
     }
 }
 
@@ -282,6 +290,8 @@ struct Batch {
     pending_keys: HashSet<String>,
     /// Records produced in the batch, per topic (counted once committed).
     produced: HashMap<String, u64>,
+    /// Ages of the blocks the batch completes (observed once committed).
+    completed_ages_ms: Vec<i64>,
     delivery_failures_at_start: u64,
 }
 
@@ -463,6 +473,7 @@ impl Core {
                 self.produce(&record)?;
                 *self.batch.produced.entry(record.topic.clone()).or_default() += 1;
             }
+            self.batch.completed_ages_ms.extend(effect.completes_block_aged_ms);
             self.batch.pending_keys.insert(effect.dedup_key);
         }
         Ok(duplicates)
@@ -491,6 +502,9 @@ impl Core {
             Ok(()) => {
                 let batch = std::mem::take(&mut self.batch);
                 events::batch_committed(self.stage, batch.inputs, batch.pending_keys.len(), &batch.produced, committing.elapsed());
+                for age_ms in batch.completed_ages_ms {
+                    events::block_completed(age_ms);
+                }
                 self.instance.committed();
                 for key in batch.pending_keys {
                     self.dedup.insert(key);

@@ -82,9 +82,24 @@ impl TopicReader {
         topic: &str,
         start: impl Fn(i32) -> Option<i64>,
         timeout: Duration,
-        mut on_record: impl FnMut(&BorrowedMessage<'_>),
+        on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
+        let (read, pending) = self.read_until(topic, start, Instant::now() + timeout, on_record)?;
+        match pending.is_empty() {
+            true => Ok(read),
+            false => Err(Error::Other(format!("reading {topic}: partitions {pending:?} did not reach their end in {timeout:?}"))),
+        }
+    }
+
+    /// Reads `topic` from `start(partition)` until every partition reached its end or
+    /// `deadline` passed; returns how many records were read and the partitions left.
+    fn read_until(
+        &self,
+        topic: &str,
+        start: impl Fn(i32) -> Option<i64>,
+        deadline: Instant,
+        mut on_record: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(usize, HashSet<i32>)> {
         let partitions = self.partitions(topic)?;
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
@@ -98,8 +113,7 @@ impl TopicReader {
         while !pending.is_empty() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                let _ = self.consumer.unassign();
-                return Err(Error::Other(format!("reading {topic}: partitions {pending:?} did not reach their end in {timeout:?}")));
+                break;
             }
             match self.consumer.poll(remaining.min(Duration::from_millis(200))) {
                 None => {}
@@ -117,18 +131,38 @@ impl TopicReader {
             }
         }
         self.consumer.unassign()?;
-        Ok(read)
+        Ok((read, pending))
     }
 
     /// The records of `topic` written since the last call with the same `positions`
-    /// (partition → next offset; all of it at first), which it moves forward.
-    pub fn read_new(&self, topic: &str, positions: &mut HashMap<i32, i64>, timeout: Duration) -> Result<Vec<Input>> {
+    /// (partition → next offset; all of it at first), which it moves forward, reading
+    /// for at most `budget`; the flag says whether every partition reached its end.
+    pub fn read_new_within(&self, topic: &str, positions: &mut HashMap<i32, i64>, budget: Duration) -> Result<(Vec<Input>, bool)> {
         let mut records = Vec::new();
-        self.read_to_end(topic, |p| positions.get(&p).copied(), timeout, |m| records.push(Input::from_message(m)))?;
+        let (_, pending) = self.read_until(topic, |p| positions.get(&p).copied(), Instant::now() + budget, |m| records.push(Input::from_message(m)))?;
         for record in &records {
             positions.insert(record.partition, record.offset + 1);
         }
-        Ok(records)
+        Ok((records, pending.is_empty()))
+    }
+
+    /// The end of every partition of `topic` as this reader sees it: with
+    /// `read_committed`, the last stable offset.
+    pub fn ends(&self, topic: &str) -> Result<HashMap<i32, i64>> {
+        (0..self.partitions(topic)?).map(|p| Ok((p, self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))).collect()
+    }
+
+    /// Names of the topics whose name `matches`.
+    pub fn topics_matching(&self, matches: impl Fn(&str) -> bool) -> Result<Vec<String>> {
+        let metadata = self.consumer.fetch_metadata(None, Duration::from_secs(10))?;
+        let mut names: Vec<String> = metadata.topics().iter().map(|t| t.name()).filter(|n| matches(n)).map(str::to_owned).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// [`TopicReader::read_new_within`], without saying whether it reached the end.
+    pub fn read_new(&self, topic: &str, positions: &mut HashMap<i32, i64>, budget: Duration) -> Result<Vec<Input>> {
+        Ok(self.read_new_within(topic, positions, budget)?.0)
     }
 
     /// The record at `topic/partition/offset`, if a `read_committed` consumer can see it.
@@ -151,7 +185,8 @@ impl TopicReader {
             }
             match self.consumer.poll(remaining.min(Duration::from_millis(200))) {
                 Some(Ok(message)) => break Some(Input::from_message(&message)),
-                Some(Err(KafkaError::PartitionEOF(_))) => break None,
+                Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break None,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     let _ = self.consumer.unassign();
                     return Err(e.into());

@@ -46,8 +46,10 @@ pub mod names {
     pub const END_TO_END_DURATION: &str = "quire_block_end_to_end_duration_seconds";
 }
 
-/// Bucket bounds of every `*_seconds` histogram: from a fast commit to a slow dataset.
-pub const SECONDS_BUCKETS: [f64; 16] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0];
+/// Bucket bounds of every `*_seconds` histogram: from a sub-millisecond validation to a
+/// dataset that waited an hour.
+pub const SECONDS_BUCKETS: [f64; 21] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0];
 
 /// Every event a stage reports.
 pub mod events {

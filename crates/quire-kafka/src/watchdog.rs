@@ -82,6 +82,8 @@ pub struct LagWatch {
     probed: HashMap<(String, i32), (i64, i64, bool)>,
     /// Topic → (partition count, when fetched).
     partition_counts: HashMap<String, (i32, i64)>,
+    /// When the last poll succeeded, epoch seconds (0: never).
+    last_success_s: std::cell::Cell<f64>,
 }
 
 /// How long a topic's partition count is trusted before its metadata is fetched again.
@@ -173,6 +175,7 @@ impl LagWatch {
             probe,
             probed: HashMap::new(),
             partition_counts: HashMap::new(),
+            last_success_s: std::cell::Cell::new(0.0),
         })
     }
 
@@ -205,7 +208,9 @@ impl LagWatch {
         }
         let metadata = self.watermarks.fetch_metadata(Some(topic), TIMEOUT)?;
         let count = metadata.topics().iter().find(|t| t.name() == topic).map_or(0, |t| t.partitions().len() as i32);
-        self.partition_counts.insert(topic.to_owned(), (count, now_ms));
+        if count > 0 {
+            self.partition_counts.insert(topic.to_owned(), (count, now_ms));
+        }
         Ok(count)
     }
 
@@ -293,10 +298,19 @@ impl LagWatch {
         })
     }
 
+    /// Sets the last-poll gauge again, to the last successful poll: every round, so that
+    /// the gauge outlives failing polls (idle gauges are dropped) and the alert can fire.
+    pub fn refresh_last_poll(&self) {
+        if self.last_success_s.get() > 0.0 {
+            metrics::gauge!(names::LAST_POLL, "cluster_name" => self.cluster.clone()).set(self.last_success_s.get());
+        }
+    }
+
     /// Sets the metrics of `reports`.
     pub fn export(&self, reports: &[GroupLag]) {
         let cluster = self.cluster.clone();
-        metrics::gauge!(names::LAST_POLL, "cluster_name" => cluster.clone()).set(quire_core::records::now_ms() as f64 / 1000.0);
+        self.last_success_s.set(quire_core::records::now_ms() as f64 / 1000.0);
+        self.refresh_last_poll();
         for report in reports {
             let group = report.group.clone();
             let labels = [("cluster_name", cluster.clone()), ("group", group.clone())];

@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
     cli.kafka.validate().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(cli.interval_ms > 0 && cli.window_ms > 0, "interval_ms and window_ms must be above 0");
     let last: Arc<Mutex<Vec<GroupLag>>> = Arc::default();
     let last_stalled: Arc<Mutex<Vec<Stalled>>> = Arc::default();
     let last_instances: Arc<Mutex<Vec<InstanceReport>>> = Arc::default();
@@ -84,8 +85,8 @@ async fn main() -> anyhow::Result<()> {
         .route("/watchdog/blocks", get(move || std::future::ready(Json(shown_stalled.lock().expect("report lock").clone()))))
         .route("/watchdog/instances", get(move || std::future::ready(Json(shown_instances.lock().expect("report lock").clone()))));
     let readiness = quire_kafka::http::Readiness::default().checking(&cli.kafka)?;
-    // Every gauge is set each round: one not set for ten rounds belongs to something gone.
-    let idle = Duration::from_millis(cli.interval_ms * 10).max(Duration::from_secs(60));
+    // Every gauge is set each round: one not set for ten minutes belongs to something gone.
+    let idle = Duration::from_millis(cli.interval_ms.saturating_mul(10)).max(Duration::from_secs(600));
     quire_kafka::http::serve_forgetting_gauges(&cli.kafka.metrics_addr, routes, readiness.clone(), Some(idle)).await?;
     let groups = quire_kafka::watchdog::pipeline_groups(&cli.kafka);
     let (kafka, cluster, window) = (cli.kafka.clone(), cli.cluster_name.clone(), Duration::from_millis(cli.window_ms));
@@ -131,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::error!(error = %e, "could not sample consumer lag");
             }
         }
+        watch.refresh_last_poll();
         match instances.poll(quire_core::records::now_ms()).await {
             Ok(reports) => *last_instances.lock().expect("report lock") = reports,
             Err(e) => tracing::error!(error = %e, "could not read the heartbeats"),

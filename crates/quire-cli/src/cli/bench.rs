@@ -17,11 +17,11 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Clone)]
 pub struct Args {
     /// Documents in the synthetic dataset.
-    #[arg(long, default_value_t = 2_000)]
-    pub documents: usize,
-    /// Paragraphs per document (about one block each).
-    #[arg(long, default_value_t = 2)]
-    pub paragraphs: usize,
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub documents: u32,
+    /// Paragraphs per document (one block each).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub paragraphs: u32,
     /// Inference engine: `noop` measures Quire alone, `language-id` adds lingua.
     #[arg(long, default_value = "noop")]
     pub engine: String,
@@ -85,7 +85,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             target_language: None,
             quiet: true,
         };
-        let records = submissions(&publish_args, &documents(args.documents, args.paragraphs))?;
+        let records = submissions(&publish_args, &documents(args.documents as usize, args.paragraphs as usize))?;
         let dataset = records[0].dataset_id.clone();
         let started = Instant::now();
         publish(&kafka, &records, true).await?;

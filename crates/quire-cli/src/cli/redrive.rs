@@ -5,6 +5,7 @@
 
 use super::report::{latest_quarantine, latest_states, read_all, KeyValue};
 use quire_core::records::{now_ms, Block, InferenceResult, QuarantineRecord, QUARANTINED, REPLAYED};
+use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
 use quire_kafka::operator::Operator;
 use quire_kafka::reader::TopicReader;
@@ -19,6 +20,10 @@ pub struct Args {
     /// Block ids.
     #[arg(required = true)]
     pub blocks: Vec<String>,
+    /// Re-drive QUEUED blocks too: only for one whose queued record is known to be
+    /// lost (a block waiting in line would then run twice; the output stays once).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -38,6 +43,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for id in &args.blocks {
         let outcome = async {
             let state = *states.get(id).ok_or_else(|| anyhow::anyhow!("no audited state: is {id} a block id?"))?;
+            anyhow::ensure!(
+                state != BlockState::Queued || args.force,
+                "it is QUEUED, maybe waiting in line (see `quire status`, and the watchdog's /watchdog/blocks); --force re-drives it anyway"
+            );
             let block = latest.get(id).ok_or_else(|| anyhow::anyhow!("no copy of the block on the queued, retry or results topics"))?;
             let by = format!("re-driven by {}", operator.who);
             let trace_id = quarantined.get(id).and_then(|r| r.trace_id.as_deref());

@@ -263,7 +263,9 @@ impl StatusView {
         let report = dataset_report(&args.kafka, &args.dataset, args.max_block_chars).await?;
         let now = now_ms();
         let stages = tokio::task::block_in_place(|| stage_backlogs(&args.kafka, now))?;
-        let done = report.completed_once + report.completed_more_than_once + report.quarantined + report.canceled;
+        // Completed, quarantined or canceled: every block not missing (a block can be
+        // both completed and quarantined, it counts once).
+        let done = report.blocks_expected - report.missing;
         let progress = Progress::new(done, report.blocks_expected, &report.completed_at_ms, now, RATE_WINDOW);
         Ok(StatusView {
             done,
@@ -285,6 +287,9 @@ impl StatusView {
             return Ok(());
         }
         self.report.print_table();
+        if self.report.blocks_expected == 0 {
+            println!("no blocks expected for dataset {:?} (yet): was it published, under this name?", self.report.dataset);
+        }
         let progress = Progress::new(self.done, self.report.blocks_expected, &self.report.completed_at_ms, now_ms(), RATE_WINDOW);
         println!("progress                   {}", progress.bar(30));
         println!("rate                       {:.1} blocks/s", self.rate_per_second);

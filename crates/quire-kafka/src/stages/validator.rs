@@ -68,7 +68,7 @@ impl Stage for Validator {
         };
         let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         records.push(ctx.encode(&ctx.names.completed(), &block.block_id, &validated, headers).await?);
-        crate::telemetry::events::block_completed(validated.completed_at_ms - block.submitted_at_ms);
-        Ok(vec![Effect::new(block.block_id.clone(), records)])
+        let age_ms = validated.completed_at_ms - block.submitted_at_ms;
+        Ok(vec![Effect::new(block.block_id.clone(), records).completing_block_aged(age_ms)])
     }
 }
