@@ -26,9 +26,11 @@ const ENV: [(&str, &str); 6] = [
     ("QUIRE_STALL_MAX_REDRIVES", "1"),
 ];
 
-/// Every stage but inference, and the watchdog (its metrics port returned).
-fn pipeline_without_inference(stack: &Stack) -> (Pipeline<'_>, u16) {
-    let mut pipeline = Pipeline::with_env(stack, "transactional", &ENV);
+/// Every stage but inference, and the watchdog (its metrics port returned), with `extra`
+/// environment.
+fn pipeline_without_inference<'a>(stack: &'a Stack, extra: &[(&str, &str)]) -> (Pipeline<'a>, u16) {
+    let env: Vec<(&str, &str)> = ENV.iter().copied().chain(extra.iter().copied()).collect();
+    let mut pipeline = Pipeline::with_env(stack, "transactional", &env);
     for name in ["quire-claimer", "quire-validator", "quire-quarantine"] {
         pipeline.start(name, "0");
     }
@@ -80,8 +82,10 @@ fn counter(port: u16, name: &str, state: &str) -> f64 {
 
 #[test]
 fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
+    let collector = integration_tests::otlp_collector::OtlpCollector::start();
     let stack = Stack::start();
-    let (mut pipeline, port) = pipeline_without_inference(&stack);
+    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
+    let (mut pipeline, port) = pipeline_without_inference(&stack, &otel);
     let data = write_dataset(stack.dir.path(), "held", 1, 1);
     pipeline.publish(&data, "held").expect("publish");
     let mut positions = HashMap::new();
@@ -118,12 +122,27 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     assert_eq!(counter(port, "quire_watchdog_blocks_quarantined_total", "PROCESSING"), 0.0);
     let last = events_of(&pipeline, &block).pop().expect("events");
     assert_eq!(last.to_state, BlockState::Completed, "{last:?}");
+
+    // The re-drive is a span of the block's trace, and inference's span its child.
+    let requeue_span = &requeued[0].headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| String::from_utf8_lossy(v).into_owned()).expect("traceparent")[36..52];
+    let names = TopicNames::new(&pipeline.prefix);
+    let spans = eventually(WAIT, "the watchdog's and inference's spans exported", || {
+        let spans = collector.spans();
+        let redrive = spans.iter().find(|s| s.span_id == requeue_span)?.clone();
+        let processed = spans.iter().find(|s| s.parent_span_id == requeue_span)?.clone();
+        Some((redrive, processed))
+    })
+    .unwrap_or_else(|e| panic!("{e}: {:?}", collector.spans()));
+    let (redrive, processed) = spans;
+    assert_eq!((redrive.service.as_str(), redrive.name.as_str(), redrive.kind), ("quire-watchdog", format!("send {}", names.queued()).as_str(), 4), "{redrive:?}");
+    assert_eq!(Some(redrive.trace_id.clone()), trace(&queued[0]), "{redrive:?}");
+    assert_eq!((processed.service.as_str(), processed.name.as_str()), ("quire-inference", format!("process {}", names.queued()).as_str()), "{processed:?}");
 }
 
 #[test]
 fn a_block_lost_again_after_its_redrives_is_quarantined_as_stalled_and_can_be_replayed() {
     let stack = Stack::start();
-    let (mut pipeline, port) = pipeline_without_inference(&stack);
+    let (mut pipeline, port) = pipeline_without_inference(&stack, &[]);
     let data = write_dataset(stack.dir.path(), "lost", 1, 1);
     pipeline.publish(&data, "lost").expect("publish");
     let mut positions = HashMap::new();

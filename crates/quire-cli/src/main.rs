@@ -52,6 +52,8 @@ async fn main() -> ExitCode {
         quire_kafka::telemetry::init_logging();
     }
     let cli = Cli::parse();
+    // Spans of what the command writes (publish, replays, re-drives), when configured.
+    let _export = quire_kafka::otel::init("quire-cli");
     let result = match cli.command {
         Command::Stack(command) => cli::stack::run(command).await,
         Command::Topics(command) => cli::topics::run(command).await,

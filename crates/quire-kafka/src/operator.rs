@@ -96,12 +96,13 @@ impl Operator {
         let mut audit = self.transition(&block.block_id, &block.dataset_id, &block.request_id, from, BlockState::Queued, reason).await?;
         let next = Block { attempt: 0, generation: block.generation + 1, state: BlockState::Queued, updated_at_ms: now_ms(), ..block.clone() };
         let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-        if let Some(traceparent) = trace.and_then(headers::continue_trace) {
+        let queued = self.names.queued();
+        if let Some(traceparent) = trace.and_then(|t| crate::otel::action_span(&queued, &format!("{} requeue", self.stage), t)) {
             headers.push((headers::TRACEPARENT.into(), traceparent.clone().into_bytes()));
             audit.headers.push((headers::TRACEPARENT.into(), traceparent.into_bytes()));
         }
-        let queued = self.encode(&self.names.queued(), &block.block_id, &next, headers).await?;
-        Ok(vec![audit, queued])
+        let requeued = self.encode(&queued, &block.block_id, &next, headers).await?;
+        Ok(vec![audit, requeued])
     }
 
     /// Writes `records` in one transaction.

@@ -96,21 +96,39 @@ impl Drop for OpenSpan {
     }
 }
 
+/// A PRODUCER span `send <topic>` under `parent`, with `more` attributes.
+fn send_span(provider: &SdkTracerProvider, topic: &str, parent: &Context, more: Vec<KeyValue>) -> opentelemetry_sdk::trace::Span {
+    let tracer = provider.tracer("quire");
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "kafka"),
+        KeyValue::new("messaging.operation.name", "send"),
+        KeyValue::new("messaging.destination.name", topic.to_owned()),
+    ];
+    attributes.extend(more);
+    tracer.span_builder(format!("send {topic}")).with_kind(SpanKind::Producer).with_attributes(attributes).start_with_context(&tracer, parent)
+}
+
 /// The `traceparent` of a new trace for the records `quire publish` sends to `topic`,
 /// and its PRODUCER span (recorded when exporting), open until dropped.
 pub fn publish_span(topic: &str) -> (String, OpenSpan) {
     let Some(provider) = PROVIDER.get() else { return (headers::new_traceparent(), OpenSpan(None)) };
-    let tracer = provider.tracer("quire");
-    let span = tracer
-        .span_builder(format!("send {topic}"))
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
-            KeyValue::new("messaging.system", "kafka"),
-            KeyValue::new("messaging.operation.name", "send"),
-            KeyValue::new("messaging.destination.name", topic.to_owned()),
-        ])
-        .start_with_context(&tracer, &Context::new());
+    let span = send_span(provider, topic, &Context::new(), Vec::new());
     (traceparent_of(span.span_context()), OpenSpan(Some(span)))
+}
+
+/// The `traceparent` for the records an action outside the stages writes to `topic`
+/// (a re-queue by an operator or the watchdog), continuing `trace` (a `traceparent`,
+/// or only a trace id when no more was kept); recorded as a PRODUCER span
+/// `send <topic>` named after `action` when exporting. None without a trace to continue.
+pub fn action_span(topic: &str, action: &str, trace: &str) -> Option<String> {
+    let Some(provider) = PROVIDER.get() else { return headers::continue_trace(trace) };
+    // With only a trace id, the parent is a span of that trace nobody recorded.
+    let parent = span_context(trace).or_else(|| span_context(&format!("00-{trace}-{:016x}-01", rand::random::<u64>() | 1)))?;
+    let parent = Context::new().with_remote_span_context(parent);
+    let mut span = send_span(provider, topic, &parent, vec![KeyValue::new("quire.action", action.to_owned())]);
+    let traceparent = traceparent_of(span.span_context());
+    span.end();
+    Some(traceparent)
 }
 
 /// The `traceparent` for what `stage` (consumer group `group`) writes while processing

@@ -73,6 +73,7 @@ async fn judge_blocks(stalls: &mut StallWatch, reports: &[GroupLag]) -> anyhow::
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
+    let _export = quire_kafka::otel::init("quire-watchdog");
     let cli = Cli::parse();
     cli.kafka.validate().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(cli.interval_ms > 0 && cli.window_ms > 0, "interval_ms and window_ms must be above 0");
@@ -96,6 +97,30 @@ async fn main() -> anyhow::Result<()> {
     let mut instances = InstanceWatch::new(&cli.kafka, Duration::from_millis(cli.instance_ttl_ms), Duration::from_millis(cli.instance_forget_ms))?;
     tracing::info!(interval_ms = cli.interval_ms, window_ms = cli.window_ms, "watchdog started");
     let shutdown = quire_kafka::service::shutdown_on_signals();
+    // Blocks are judged on a task of their own, so a long read never delays a lag
+    // sample; against the latest poll's offsets, which were read before its own reads.
+    let judging = {
+        let (lags, shown, shutdown) = (last.clone(), last_stalled.clone(), shutdown.clone());
+        let interval = Duration::from_millis(cli.interval_ms);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticker.tick() => {}
+                }
+                let reports = lags.lock().expect("report lock").clone();
+                if reports.is_empty() {
+                    continue;
+                }
+                match judge_blocks(&mut stalls, &reports).await {
+                    Ok(stalled) => *shown.lock().expect("report lock") = stalled,
+                    Err(e) => tracing::error!(error = %e, "could not judge the blocks"),
+                }
+            }
+        })
+    };
     let mut statuses: HashMap<String, &'static str> = HashMap::new();
     let mut ticker = tokio::time::interval(Duration::from_millis(cli.interval_ms));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -121,10 +146,6 @@ async fn main() -> anyhow::Result<()> {
                         tracing::warn!(group = %report.group, from = before.unwrap_or("-"), to = report.status, max_lag = report.max_lag, max_lag_seconds = report.max_lag_seconds, "consumer group status changed");
                     }
                 }
-                match judge_blocks(&mut stalls, &reports).await {
-                    Ok(stalled) => *last_stalled.lock().expect("report lock") = stalled,
-                    Err(e) => tracing::error!(error = %e, "could not judge the blocks"),
-                }
                 *last.lock().expect("report lock") = reports;
             }
             Err(e) => {
@@ -141,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::warn!(took_ms = started.elapsed().as_millis() as u64, interval_ms = cli.interval_ms, "a watchdog round took longer than its interval");
         }
     }
+    let _ = judging.await;
     tracing::info!("watchdog stopped");
     Ok(())
 }

@@ -156,7 +156,6 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let _export = quire_kafka::otel::init("quire-cli");
     let documents = read_dataset(&args.path)?;
     let records = submissions(&args, &documents)?;
     let (sent, trace_id) = publish(&args.kafka, &records, args.quiet).await?;
