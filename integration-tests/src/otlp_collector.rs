@@ -48,6 +48,11 @@ impl OtlpCollector {
         OtlpCollector { endpoint, spans, _runtime: runtime }
     }
 
+    /// The environment that makes a Quire binary export its spans here, as JSON, soon.
+    pub fn env(&self) -> [(&'static str, &str); 3] {
+        [("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_BSP_SCHEDULE_DELAY", "200")]
+    }
+
     /// Every span received so far.
     pub fn spans(&self) -> Vec<CollectedSpan> {
         self.spans.lock().unwrap().clone()

@@ -51,6 +51,17 @@ fn queued_records(pipeline: &Pipeline<'_>, positions: &mut HashMap<i32, i64>, at
     .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()))
 }
 
+/// Publishes `dataset`, a single block; returns its queued record(s), its id and the
+/// queued topic's read positions after it.
+fn publish_one_block(pipeline: &Pipeline<'_>, dataset: &str) -> (Vec<Input>, String, HashMap<i32, i64>) {
+    let data = write_dataset(pipeline.stack.dir.path(), dataset, 1, 1);
+    pipeline.publish(&data, dataset).expect("publish");
+    let mut positions = HashMap::new();
+    let queued = queued_records(pipeline, &mut positions, 1);
+    let block = block_id(&queued[0]);
+    (queued, block, positions)
+}
+
 /// Commits inference's group past `record`, as if an instance had read it and its work
 /// were lost.
 fn lose(pipeline: &Pipeline<'_>, record: &Input) {
@@ -84,13 +95,8 @@ fn counter(port: u16, name: &str, state: &str) -> f64 {
 fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     let collector = integration_tests::otlp_collector::OtlpCollector::start();
     let stack = Stack::start();
-    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
-    let (mut pipeline, port) = pipeline_without_inference(&stack, &otel);
-    let data = write_dataset(stack.dir.path(), "held", 1, 1);
-    pipeline.publish(&data, "held").expect("publish");
-    let mut positions = HashMap::new();
-    let queued = queued_records(&pipeline, &mut positions, 1);
-    let block = block_id(&queued[0]);
+    let (mut pipeline, port) = pipeline_without_inference(&stack, &collector.env());
+    let (queued, block, mut positions) = publish_one_block(&pipeline, "held");
 
     // An inference instance took the block, wrote PROCESSING, and vanished.
     lose(&pipeline, &queued[0]);
@@ -124,7 +130,7 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     assert_eq!(last.to_state, BlockState::Completed, "{last:?}");
 
     // The re-drive is a span of the block's trace, and inference's span its child.
-    let requeue_span = &requeued[0].headers.iter().find(|(k, _)| k == "traceparent").map(|(_, v)| String::from_utf8_lossy(v).into_owned()).expect("traceparent")[36..52];
+    let requeue_span = &quire_kafka::headers::text_header(&requeued[0].headers, quire_kafka::headers::TRACEPARENT).expect("traceparent")[36..52];
     let names = TopicNames::new(&pipeline.prefix);
     let spans = eventually(WAIT, "the watchdog's and inference's spans exported", || {
         let spans = collector.spans();
@@ -143,11 +149,7 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
 fn a_block_lost_again_after_its_redrives_is_quarantined_as_stalled_and_can_be_replayed() {
     let stack = Stack::start();
     let (mut pipeline, port) = pipeline_without_inference(&stack, &[]);
-    let data = write_dataset(stack.dir.path(), "lost", 1, 1);
-    pipeline.publish(&data, "lost").expect("publish");
-    let mut positions = HashMap::new();
-    let first = queued_records(&pipeline, &mut positions, 1);
-    let block = block_id(&first[0]);
+    let (first, block, mut positions) = publish_one_block(&pipeline, "lost");
 
     // Read and lost while QUEUED: re-driven once (the budget), as generation 1.
     lose(&pipeline, &first[0]);

@@ -36,8 +36,7 @@ fn the_trace_id_published_with_a_dataset_reaches_its_completed_records() {
 fn spans_exported_over_otlp_chain_each_completed_block_back_to_its_publish() {
     let collector = integration_tests::otlp_collector::OtlpCollector::start();
     let stack = Stack::start();
-    let otel = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint.as_str()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"), ("OTEL_BSP_SCHEDULE_DELAY", "200")];
-    let mut pipeline = Pipeline::with_env(&stack, "transactional", &otel);
+    let mut pipeline = Pipeline::with_env(&stack, "transactional", &collector.env());
     pipeline.start_all();
     let data = write_dataset(stack.dir.path(), "spanned", 2, 2);
     let out = quire(&["publish", "--quiet", "--dataset", "spanned", &data.to_string_lossy()], &pipeline.env).expect("publish");

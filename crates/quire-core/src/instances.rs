@@ -6,7 +6,7 @@
 //! sender's, so a host with a skewed clock is judged like any other; and never shorter
 //! than three of the instance's own heartbeat intervals.
 
-use crate::records::{InstanceHeartbeat, STOPPED};
+use crate::records::{instance_key, InstanceHeartbeat, STOPPED};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -48,6 +48,13 @@ pub struct InstanceReport {
     pub silent_ms: i64,
     pub assigned_partitions: Vec<String>,
     pub last_commit_at_ms: Option<i64>,
+}
+
+impl InstanceReport {
+    /// The instance's key, as on the instances topic.
+    pub fn key(&self) -> String {
+        instance_key(&self.service, &self.instance_id)
+    }
 }
 
 /// The latest heartbeat of every instance, and when it was heard.

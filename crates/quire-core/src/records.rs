@@ -214,8 +214,13 @@ pub struct InstanceHeartbeat {
 impl InstanceHeartbeat {
     /// Its key on the compacted instances topic.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.service, self.instance_id)
+        instance_key(&self.service, &self.instance_id)
     }
+}
+
+/// The key of an instance: `service/instance id`.
+pub fn instance_key(service: &str, instance_id: &str) -> String {
+    format!("{service}/{instance_id}")
 }
 
 /// Status of a heartbeat of a live instance.

@@ -7,7 +7,7 @@ use crate::reader::TopicReader;
 use crate::{Codec, Result};
 use quire_core::instances::{InstanceReport, InstanceTable, Liveness};
 use quire_core::records::InstanceHeartbeat;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// Metric names of the instance watchdog.
@@ -67,8 +67,7 @@ impl InstanceWatch {
         self.caught_up = true;
         let reports = self.table.judge(now_ms, self.ttl, self.forget_after);
         for report in &reports {
-            let key = format!("{}/{}", report.service, report.instance_id);
-            let before = self.last.insert(key, report.liveness);
+            let before = self.last.insert(report.key(), report.liveness);
             if before == Some(report.liveness) {
                 continue;
             }
@@ -80,7 +79,8 @@ impl InstanceWatch {
                 liveness => tracing::info!(service = %report.service, instance_id = %report.instance_id, host = %report.host, liveness = liveness.as_str(), "instance liveness changed"),
             }
         }
-        self.last.retain(|key, _| reports.iter().any(|r| *key == format!("{}/{}", r.service, r.instance_id)));
+        let reported: HashSet<String> = reports.iter().map(InstanceReport::key).collect();
+        self.last.retain(|key, _| reported.contains(key));
         export(&reports);
         Ok(reports)
     }

@@ -41,23 +41,29 @@ const READER_FETCH_WAIT_MS: &str = "20";
 impl TopicReader {
     /// A reader for reading to the end ([`TopicReader::read_to_end`] and the like).
     pub fn new(args: &KafkaArgs) -> Result<Self> {
-        Self::build(args, READER_FETCH_WAIT_MS)
+        Self::build(args, READER_FETCH_WAIT_MS, "read_committed")
     }
 
     /// A reader for [`TopicReader::follow`]ing a topic for long (librdkafka's fetch wait,
     /// so an idle topic costs two fetches a second).
     pub fn follower(args: &KafkaArgs) -> Result<Self> {
-        Self::build(args, "500")
+        Self::build(args, "500", "read_committed")
     }
 
-    fn build(args: &KafkaArgs, fetch_wait_ms: &str) -> Result<Self> {
+    /// A reader that sees open transactions' records too: its [`TopicReader::ends`]
+    /// are the log ends, where a `read_committed` reader's are the last stable offsets.
+    pub fn uncommitted(args: &KafkaArgs) -> Result<Self> {
+        Self::build(args, READER_FETCH_WAIT_MS, "read_uncommitted")
+    }
+
+    fn build(args: &KafkaArgs, fetch_wait_ms: &str, isolation_level: &str) -> Result<Self> {
         let consumer = args
             .client_config()
             .set("group.id", format!("quire-reader-{:016x}", rand::random::<u64>()))
             .set("fetch.wait.max.ms", fetch_wait_ms)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
-            .set("isolation.level", "read_committed")
+            .set("isolation.level", isolation_level)
             .set("auto.offset.reset", "earliest")
             .create_with_context(QuietContext)?;
         Ok(TopicReader { consumer })
@@ -91,6 +97,18 @@ impl TopicReader {
         }
     }
 
+    /// Assigns every partition of `topic` from `start(partition)` (None: the beginning);
+    /// returns how many there are.
+    fn assign_from(&self, topic: &str, start: impl Fn(i32) -> Option<i64>) -> Result<i32> {
+        let partitions = self.partitions(topic)?;
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            assignment.add_partition_offset(topic, partition, start(partition).map(Offset::Offset).unwrap_or(Offset::Beginning))?;
+        }
+        self.consumer.assign(&assignment)?;
+        Ok(partitions)
+    }
+
     /// Reads `topic` from `start(partition)` until every partition reached its end or
     /// `deadline` passed; returns how many records were read and the partitions left.
     fn read_until(
@@ -100,13 +118,7 @@ impl TopicReader {
         deadline: Instant,
         mut on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(usize, HashSet<i32>)> {
-        let partitions = self.partitions(topic)?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            let offset = start(partition).map(Offset::Offset).unwrap_or(Offset::Beginning);
-            assignment.add_partition_offset(topic, partition, offset)?;
-        }
-        self.consumer.assign(&assignment)?;
+        let partitions = self.assign_from(topic, start)?;
         // One topic at a time: an end-of-partition event names the partition only.
         let mut pending: HashSet<i32> = (0..partitions).collect();
         let mut read = 0;
@@ -147,7 +159,7 @@ impl TopicReader {
     }
 
     /// The end of every partition of `topic` as this reader sees it: with
-    /// `read_committed`, the last stable offset.
+    /// `read_committed`, the last stable offset; else the log end.
     pub fn ends(&self, topic: &str) -> Result<HashMap<i32, i64>> {
         (0..self.partitions(topic)?).map(|p| Ok((p, self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))).collect()
     }
@@ -207,11 +219,7 @@ impl TopicReader {
         mut on_record: impl FnMut(&BorrowedMessage<'_>),
         keep_going: impl Fn() -> bool,
     ) -> Result<()> {
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..self.partitions(topic)? {
-            assignment.add_partition_offset(topic, partition, start(partition).map(Offset::Offset).unwrap_or(Offset::Beginning))?;
-        }
-        self.consumer.assign(&assignment)?;
+        self.assign_from(topic, start)?;
         while keep_going() {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => on_record(&message),

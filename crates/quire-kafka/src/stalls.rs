@@ -18,13 +18,12 @@ use crate::config::{KafkaArgs, TopicNames};
 use crate::headers::{self, DltOrigin};
 use crate::operator::Operator;
 use crate::processor::{Input, OutputRecord};
-use crate::reader::{QuietContext, TopicReader};
+use crate::reader::TopicReader;
 use crate::watchdog::GroupLag;
 use crate::{Error, Result};
 use quire_core::records::{Block, InferenceResult, StateChange};
 use quire_core::stall::{BlockWatch, CopyKind, CopyRef, StallPolicy, Stalled, Verdict, STALLED, WATCHDOG_STAGE};
 use quire_core::{BlockState, ErrorClass, Failure};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -51,7 +50,7 @@ pub struct StallWatch {
     watch: BlockWatch,
     reader: TopicReader,
     /// Sees log ends as they are, open transactions included.
-    uncommitted: BaseConsumer<QuietContext>,
+    uncommitted: TopicReader,
     operator: Operator,
     /// Queued and retry topics (found by inference's own pattern), then results.
     sources: Vec<String>,
@@ -66,17 +65,12 @@ impl StallWatch {
     pub fn new(args: &KafkaArgs, policy: StallPolicy) -> Result<Self> {
         let longest_delay = args.retry_schedule().delays().iter().copied().max().unwrap_or_default();
         policy.validate(longest_delay).map_err(Error::Other)?;
-        let uncommitted = args
-            .client_config()
-            .set("group.id", format!("quire-watchdog-ends-{:08x}", rand::random::<u32>()))
-            .set("isolation.level", "read_uncommitted")
-            .create_with_context(QuietContext)?;
         Ok(StallWatch {
             args: args.clone(),
             names: TopicNames::new(&args.topic_prefix),
             watch: BlockWatch::new(policy),
             reader: TopicReader::new(args)?,
-            uncommitted,
+            uncommitted: TopicReader::uncommitted(args)?,
             operator: Operator::service(args, WATCHDOG_STAGE)?,
             sources: Vec::new(),
             sources_listed_at_ms: None,
@@ -115,17 +109,14 @@ impl StallWatch {
         let topics: Vec<String> = std::iter::once(self.names.events()).chain(self.sources.iter().cloned()).collect();
         // Log ends first, then stable offsets: a partition whose stable offset reached
         // its earlier log end has nothing pending from before.
-        let mut ends = HashMap::new();
+        let mut log_ends = HashMap::new();
         for topic in &topics {
-            for partition in 0..self.reader.partitions(topic)? {
-                let (_, end) = tokio::task::block_in_place(|| self.uncommitted.fetch_watermarks(topic, partition, TIMEOUT))?;
-                ends.insert((topic.clone(), partition), end);
-            }
+            log_ends.insert(topic.clone(), tokio::task::block_in_place(|| self.uncommitted.ends(topic))?);
         }
         let mut settled = HashSet::new();
         for topic in &topics {
             for (partition, stable) in tokio::task::block_in_place(|| self.reader.ends(topic))? {
-                if ends.get(&(topic.clone(), partition)).is_some_and(|&end| stable >= end) {
+                if log_ends[topic].get(&partition).is_some_and(|&end| stable >= end) {
                     settled.insert((topic.clone(), partition));
                 }
             }

@@ -47,6 +47,8 @@ pub struct PartitionLag {
     pub latest_offset: i64,
     /// None until the group commits on this partition (lag then counts from the start).
     pub committed: Option<i64>,
+    /// Records between the committed offset and the last stable offset (a small gap of
+    /// commit markers only counts 0).
     pub lag: i64,
     /// NaN while there are too few samples to tell (serialized as null).
     pub lag_seconds: f64,
@@ -104,40 +106,25 @@ pub fn pipeline_groups(args: &KafkaArgs) -> Vec<(String, Vec<String>)> {
 #[derive(Debug, Clone, Serialize)]
 pub struct StageBacklog {
     pub group: String,
-    /// Offsets between the group's position and the end, on partitions with a record left.
+    /// Records the group has yet to process (the lag, see [`PartitionLag::lag`]).
     pub records_behind: i64,
     /// Age of the oldest record the group has not processed (None: caught up).
     pub oldest_unprocessed_seconds: Option<f64>,
 }
 
-/// Each stage's backlog from one look at its group's offsets and its oldest unprocessed
+/// Each stage's backlog from one lag sample of its group and its oldest unprocessed
 /// record. Retry topics are left out: their records wait by design.
 pub fn stage_backlogs(args: &KafkaArgs, now_ms: i64) -> Result<Vec<StageBacklog>> {
-    let reader = TopicReader::new(args)?;
+    let mut watch = LagWatch::new(args, "", pipeline_groups(args), Duration::from_secs(60))?;
     let mut backlogs = Vec::new();
-    for (group, topics) in pipeline_groups(args) {
-        let consumer: BaseConsumer<QuietContext> = args.client_config().set("group.id", &group).set("enable.auto.commit", "false").create_with_context(QuietContext)?;
-        let mut backlog = StageBacklog { group, records_behind: 0, oldest_unprocessed_seconds: None };
-        for topic in topics.iter().filter(|t| quire_core::retry::retry_delay(t).is_none()) {
-            let mut wanted = TopicPartitionList::new();
-            for partition in 0..reader.partitions(topic)? {
-                wanted.add_partition(topic, partition);
-            }
-            for element in consumer.committed_offsets(wanted, TIMEOUT)?.elements() {
-                let (low, high) = consumer.fetch_watermarks(topic, element.partition(), TIMEOUT)?;
-                let position = match element.offset() {
-                    Offset::Offset(o) => o.max(low),
-                    _ => low,
-                };
-                if position >= high {
-                    continue;
-                }
-                // Commit markers alone are no backlog.
-                let Some(oldest) = reader.first_from(topic, element.partition(), position, TIMEOUT)? else { continue };
-                backlog.records_behind += high - position;
-                let age = (now_ms - oldest.timestamp_ms).max(0) as f64 / 1000.0;
-                backlog.oldest_unprocessed_seconds = Some(backlog.oldest_unprocessed_seconds.map_or(age, |a| a.max(age)));
-            }
+    for group in watch.poll(now_ms)? {
+        let mut backlog = StageBacklog { group: group.group, records_behind: 0, oldest_unprocessed_seconds: None };
+        for p in group.partitions.iter().filter(|p| p.lag > 0 && quire_core::retry::retry_delay(&p.topic).is_none()) {
+            let position = p.committed.unwrap_or(p.earliest_offset).max(p.earliest_offset);
+            let Some(oldest) = watch.probe.first_from(&p.topic, p.partition, position, TIMEOUT)? else { continue };
+            backlog.records_behind += p.lag;
+            let age = (now_ms - oldest.timestamp_ms).max(0) as f64 / 1000.0;
+            backlog.oldest_unprocessed_seconds = Some(backlog.oldest_unprocessed_seconds.map_or(age, |a| a.max(age)));
         }
         backlogs.push(backlog);
     }
