@@ -5,6 +5,7 @@
 //! topics, groups and transactional ids get a random prefix. A test never skips: if a
 //! program is missing, it fails and says which and how to install it.
 
+pub mod hostile;
 pub mod model_server;
 pub mod otlp_collector;
 
@@ -15,10 +16,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// The directory holding the workspace's binaries (`target/debug`).
+/// The directory holding the workspace's binaries (`target/debug`): beside this
+/// executable, or one up from a test's `deps` folder.
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target directory").to_path_buf()
+    let dir = exe.parent().expect("target directory");
+    match dir.file_name() {
+        Some(name) if name == "deps" => dir.parent().expect("target directory").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path of one workspace binary; panics with the fix if it was not built.

@@ -127,7 +127,14 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
     // inference accepts, so COMPLETED → PROCESSING must be rejected.
     let codec = Codec::new(&stack.schema_registry_url).expect("codec");
     let text = "A block that skipped its pipeline.";
-    let block = Block { dataset_id: "forged".into(), ..Block::fixture("blk-illegal-transition-0001", text, BlockState::Completed) };
+    // Its id is the one its key gives, so only its state is wrong.
+    let key = quire_core::ids::block_idempotency_key("forged", "illegal-transition", 0);
+    let block = Block {
+        dataset_id: "forged".into(),
+        block_id: quire_core::ids::block_id(&key),
+        idempotency_key: key,
+        ..Block::fixture("", text, BlockState::Completed)
+    };
     let payload = runtime.block_on(codec.encode(&names.queued(), &block)).expect("encode block");
     producer.send(BaseRecord::to(&names.queued()).key(&block.block_id).payload(&payload)).expect("send block");
     producer.flush(Duration::from_secs(10)).expect("flush");
@@ -150,12 +157,12 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
         assert_eq!(record.failed_stage, "claimer");
         assert!(record.payload.as_deref() == Some(b"{not avro".as_slice()), "the original bytes are kept");
     }
-    let illegal = records.iter().find(|r| r.block_id.as_deref() == Some("blk-illegal-transition-0001")).expect("illegal block quarantined");
-    assert_eq!(illegal.reason, "illegal transition for block blk-illegal-transition-0001: COMPLETED → PROCESSING");
+    let illegal = records.iter().find(|r| r.block_id.as_deref() == Some(block.block_id.as_str())).expect("illegal block quarantined");
+    assert_eq!(illegal.reason, format!("illegal transition for block {}: COMPLETED → PROCESSING", block.block_id));
     assert_eq!(illegal.dataset_id.as_deref(), Some("forged"));
     let inference_log = pipeline.service("quire-inference").log_text();
     assert!(
-        inference_log.contains("illegal transition rejected") && inference_log.contains("blk-illegal-transition-0001"),
+        inference_log.contains("illegal transition rejected") && inference_log.contains(&block.block_id),
         "inference must log the rejected transition:\n{}",
         tail(&inference_log, 30)
     );

@@ -5,6 +5,8 @@
 //! - [`records`]: the records Quire exchanges between stages (mirrors `schemas/*.avsc`).
 //! - [`ids`]: idempotency keys, deterministic block ids and checksums.
 //! - [`split`]: splits a document into blocks, deterministically.
+//! - [`screen`]: checks of records from outside (bounded fields, no control characters,
+//!   block ids that match their keys) before any work is done on them.
 //! - [`failure`]: error classes, decided by the action a failure calls for.
 //! - [`retry`]: the retry schedule and retry-topic names.
 //! - [`lag`]: consumer lag in offsets and seconds, and Burrow-style status, from samples.
@@ -23,6 +25,7 @@ pub mod progress;
 pub mod records;
 pub mod retry;
 pub mod rules;
+pub mod screen;
 pub mod split;
 pub mod stall;
 pub mod state;

@@ -85,5 +85,19 @@ mod tests {
             prop_assert_eq!(words(&blocks.join(" ")), words(&text));
             prop_assert_eq!(split_blocks(&text, max), blocks);
         }
+
+        /// Any text at all (controls, combining marks, every kind of whitespace): the
+        /// splitter never panics, keeps every non-space character in order, and never
+        /// makes an empty or oversized block.
+        #[test]
+        fn any_text_splits_without_loss(text in any::<String>(), max in 1usize..40) {
+            let blocks = split_blocks(&text, max);
+            for b in &blocks {
+                prop_assert!(b.chars().count() <= max, "block {b:?} over {max}");
+                prop_assert!(!b.trim().is_empty());
+            }
+            let words = |s: &str| s.split_whitespace().collect::<String>();
+            prop_assert_eq!(words(&blocks.join(" ")), words(&text));
+        }
     }
 }

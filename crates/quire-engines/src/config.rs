@@ -134,8 +134,12 @@ fn default_deadline_ms() -> u64 {
 impl EnginesConfig {
     pub fn load(path: &str) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let config: EnginesConfig =
-            serde_yaml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates the text of an engines config read from `path`.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: EnginesConfig = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse { path: path.into(), source })?;
         config.validate()?;
         Ok(config)
     }
@@ -168,12 +172,18 @@ impl EnginesConfig {
             if engine.kind == EngineKind::Openai && (engine.url.is_none() || engine.model.is_none()) {
                 return invalid(format!("openai engine {:?} needs url and model", engine.name));
             }
+            if self.timeout_of(engine).is_zero() {
+                return invalid(format!("engine {:?}: timeout_ms must be at least 1", engine.name));
+            }
             let breaker = self.breaker_of(engine);
             if breaker.failure_threshold == 0 || breaker.success_threshold == 0 || breaker.open_for > breaker.max_open_for {
                 return invalid(format!("engine {:?}: thresholds must be ≥ 1 and open_ms ≤ max_open_ms", engine.name));
             }
         }
         for (task, chain) in &self.tasks {
+            if chain.strategy == Strategy::BestEffort && chain.deadline_ms == 0 {
+                return invalid(format!("task {task:?}: a best_effort deadline_ms must be at least 1"));
+            }
             if chain.engines.is_empty() {
                 return invalid(format!("task {task:?} has no engines"));
             }
@@ -207,6 +217,43 @@ mod tests {
         assert_eq!(config.breaker_of(primary).failure_threshold, 3, "per-engine override");
         assert_eq!(config.breaker_of(primary).success_threshold, config.defaults.breaker.success_threshold.unwrap());
         assert_eq!(config.tasks["translate"].strategy, Strategy::FirstSuccess);
+    }
+
+    proptest::proptest! {
+        /// The loader takes any text: it never panics, and what it accepts is valid.
+        #[test]
+        fn any_text_loads_or_is_refused(text in "\\PC{0,300}") {
+            if let Ok(config) = EnginesConfig::parse(&text, "fuzzed.yaml") {
+                proptest::prop_assert!(config.validate().is_ok());
+            }
+        }
+
+        /// The example with one line dropped or one character changed: still never a
+        /// panic, and an accepted config is still a valid one.
+        #[test]
+        fn mangled_examples_load_or_are_refused(line in 0usize..200, at in 0usize..4000, with in proptest::char::any(), drop_line: bool) {
+            let mangled: String = if drop_line {
+                let lines: Vec<&str> = EXAMPLE.lines().collect();
+                let skip = line % lines.len();
+                lines.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, l)| format!("{l}\n")).collect()
+            } else {
+                let chars: Vec<char> = EXAMPLE.chars().collect();
+                let at = at % chars.len();
+                chars.iter().enumerate().map(|(i, c)| if i == at { with } else { *c }).collect()
+            };
+            match EnginesConfig::parse(&mangled, "fuzzed.yaml") {
+                Ok(config) => proptest::prop_assert!(config.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused() {
+        let mut config = EnginesConfig::single("lingua", EngineKind::LanguageId, 0);
+        assert!(config.validate().unwrap_err().to_string().contains("timeout_ms"));
+        config.defaults.timeout_ms = 10;
+        config.validate().unwrap();
     }
 
     #[test]

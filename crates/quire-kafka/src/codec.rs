@@ -8,10 +8,11 @@
 
 use crate::{Error, Result};
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::easy_avro::{EasyAvroDecoder, EasyAvroEncoder};
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
 use schema_registry_converter::async_impl::schema_registry::SrSettings;
 use schema_registry_converter::schema_registry_common::SubjectNameStrategy;
 use serde::{de::DeserializeOwned, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The schema files, by record name.
@@ -40,6 +41,11 @@ pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
+/// Largest allocation a decoded value may ask for. A hostile length prefix of a few
+/// bytes could otherwise make the decoder allocate hundreds of MB; no record Quire takes
+/// in is larger than this (`max_record_bytes` is capped by it).
+pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
+
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Encodes and decodes records through one schema registry.
@@ -47,12 +53,16 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 pub struct Codec {
     url: String,
     http: reqwest::Client,
-    encoder: EasyAvroEncoder,
-    decoder: EasyAvroDecoder,
+    encoder: Arc<AvroEncoder>,
+    decoder: Arc<AvroDecoder>,
+    /// Ids this process registered: asking for one tells whether the registry still
+    /// holds what Quire put there.
+    registered: Arc<Mutex<Vec<u32>>>,
 }
 
 impl Codec {
     pub fn new(url: &str) -> Result<Self> {
+        apache_avro::util::max_allocation_bytes(MAX_VALUE_BYTES);
         let url = url.trim_end_matches('/').to_owned();
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(Duration::from_secs(10))
@@ -65,8 +75,9 @@ impl Codec {
         Ok(Codec {
             url,
             http,
-            encoder: EasyAvroEncoder::new(settings.clone()),
-            decoder: EasyAvroDecoder::new(settings),
+            encoder: Arc::new(AvroEncoder::new(settings.clone())),
+            decoder: Arc::new(AvroDecoder::new(settings)),
+            registered: Arc::default(),
         })
     }
 
@@ -104,7 +115,45 @@ impl Codec {
         let body = self
             .call(self.http.post(format!("{}/subjects/{subject}/versions", self.url)).json(&serde_json::json!({"schema": schema})))
             .await?;
-        body["id"].as_u64().map(|id| id as u32).ok_or_else(|| self.registry_error(format!("no id in {body}")))
+        let id = body["id"].as_u64().map(|id| id as u32).ok_or_else(|| self.registry_error(format!("no id in {body}")))?;
+        self.registered.lock().expect("registered ids").push(id);
+        Ok(id)
+    }
+
+    /// Whether the registry holds schema `id`; an error if it cannot say.
+    async fn knows(&self, id: u32) -> Result<bool> {
+        let response = self.http.get(format!("{}/schemas/ids/{id}", self.url)).send().await.map_err(|e| self.registry_error(e))?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(self.registry_error(format!("HTTP {status} for schema id {id}"))),
+        }
+    }
+
+    /// Why a value written with schema `id` could not be decoded (`message`): bad bytes
+    /// or an id nobody registered are bad data; a registry that cannot answer, or that
+    /// lost the schemas this process registered (restarted empty), is a registry
+    /// failure, retried until it is back, never a reason to quarantine good records.
+    async fn refusal(&self, id: u32, message: String) -> Error {
+        match self.knows(id).await {
+            Err(unreachable) => return unreachable,
+            Ok(true) => return Error::Decode(message),
+            Ok(false) => {}
+        }
+        let own = self.registered.lock().expect("registered ids").first().copied();
+        let registry_intact = match own {
+            Some(own) => self.knows(own).await,
+            None => Ok(true),
+        };
+        match registry_intact {
+            Ok(true) => Error::Decode(format!("unknown schema id {id}: the registry at {} has no such schema", self.url)),
+            Ok(false) => {
+                // Looked up again once the schemas are back.
+                self.decoder.remove_errors_from_cache();
+                self.registry_error(format!("it no longer holds schema id {} that this process registered (restarted without its schemas?)", own.unwrap_or_default()))
+            }
+            Err(unreachable) => unreachable,
+        }
     }
 
     /// Whether `schema` is compatible with the latest version registered for `topic`.
@@ -149,15 +198,13 @@ impl Codec {
         if bytes.first() != Some(&0) || bytes.len() < 5 {
             return Err(Error::Decode("value is not in the Confluent wire format (magic byte 0, schema id)".into()));
         }
-        let decoded = self.decoder.decode(Some(bytes)).await.map_err(|e| {
-            if e.retriable {
-                self.registry_error(e)
-            } else {
-                Error::Decode(e.to_string())
-            }
-        })?;
+        let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
+        let decoded = match self.decoder.decode(Some(bytes)).await {
+            Ok(decoded) => decoded,
+            Err(e) if e.retriable => return Err(self.registry_error(e)),
+            Err(e) => return Err(self.refusal(id, e.to_string()).await),
+        };
         apache_avro::from_value::<T>(&decoded.value).map_err(|e| {
-            let id = i32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
             let written = decoded.name.as_ref().map(|n| n.fullname(None)).unwrap_or_else(|| "an unnamed schema".into());
             let wanted = std::any::type_name::<T>().rsplit("::").next().unwrap_or("?");
             Error::Decode(format!("wrong schema: value written with schema id {id} ({written}), which does not read as quire.{wanted}: {e}"))
@@ -207,6 +254,109 @@ mod tests {
         use quire_core::BlockState;
         let block = Block { source_language: Some("en".into()), ..Block::fixture("b", "hello", BlockState::Queued) };
         assert_eq!(round_trip("Block", &block), block);
+    }
+
+    /// A registry double on loopback serving `DatasetSubmission` as id 1 and `Block` as
+    /// id 2; every other id is unknown (404), as a registry answers a forged one.
+    fn registry_double() -> &'static (tokio::runtime::Runtime, Codec) {
+        static DOUBLE: std::sync::OnceLock<(tokio::runtime::Runtime, Codec)> = std::sync::OnceLock::new();
+        DOUBLE.get_or_init(|| {
+            use axum::{extract::Path, http::StatusCode, routing::get, Json, Router};
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let url = runtime.block_on(async {
+                let app = Router::new().route(
+                    "/schemas/ids/{id}",
+                    get(|Path(id): Path<u32>| async move {
+                        let name = match id {
+                            1 => "DatasetSubmission",
+                            2 => "Block",
+                            _ => return Err(StatusCode::NOT_FOUND),
+                        };
+                        Ok(Json(serde_json::json!({ "schema": schema_text(name).unwrap() })))
+                    }),
+                );
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}", listener.local_addr().unwrap());
+                tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+                url
+            });
+            let codec = Codec::new(&url).unwrap();
+            (runtime, codec)
+        })
+    }
+
+    /// `value` in the Confluent wire format under schema id `id`.
+    #[allow(deprecated)]
+    fn wire<T: Serialize>(id: u32, name: &str, value: &T) -> Vec<u8> {
+        let schema = Schema::parse_str(schema_text(name).unwrap()).unwrap();
+        let body = apache_avro::to_avro_datum(&schema, apache_avro::to_value(value).unwrap().resolve(&schema).unwrap()).unwrap();
+        [vec![0], id.to_be_bytes().to_vec(), body].concat()
+    }
+
+    fn submission(text: String, document_id: String) -> quire_core::records::DatasetSubmission {
+        quire_core::records::DatasetSubmission {
+            dataset_id: "d".into(),
+            document_id,
+            idempotency_key: "k".into(),
+            document_index: 0,
+            document_count: 1,
+            text,
+            source_language: None,
+            target_language: Some("fr".into()),
+            task: "translate".into(),
+            request_id: "r".into(),
+            submitted_at_ms: 1,
+        }
+    }
+
+    use proptest::prelude::*;
+
+    /// Values as a hostile writer sends them: any bytes, the right magic byte and a
+    /// known or unknown id before random or almost-right Avro, another record's schema.
+    fn hostile_values() -> impl Strategy<Value = Vec<u8>> {
+        let valid = ("\\PC{0,60}", "\\PC{0,10}").prop_map(|(t, d)| wire(1, "DatasetSubmission", &submission(t, d)));
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..80),
+            (0u32..4, proptest::collection::vec(any::<u8>(), 0..120)).prop_map(|(id, body)| [vec![0], id.to_be_bytes().to_vec(), body].concat()),
+            (valid.clone(), any::<proptest::sample::Index>(), any::<u8>()).prop_map(|(mut v, i, b)| {
+                let at = 5 + i.index(v.len() - 5);
+                v[at] = b;
+                v
+            }),
+            (valid, any::<proptest::sample::Index>()).prop_map(|(v, i)| v[..i.index(v.len())].to_vec()),
+            "\\PC{0,40}".prop_map(|t| wire(2, "Block", &quire_core::records::Block::fixture("blk-1", &t, quire_core::BlockState::Queued))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The ingest decoder takes any value: it never panics, and whatever it refuses
+        /// it refuses as bad data (quarantined), never as a registry failure (retried
+        /// for ever), an unknown schema id included.
+        #[test]
+        fn the_ingest_decoder_refuses_hostile_values_as_data(value in hostile_values()) {
+            let (runtime, codec) = registry_double();
+            match runtime.block_on(codec.decode::<quire_core::records::DatasetSubmission>(Some(&value))) {
+                Ok(decoded) => {
+                    // Accepted: then it is a real submission, which reads back as itself.
+                    let again = runtime.block_on(codec.decode::<quire_core::records::DatasetSubmission>(Some(&wire(1, "DatasetSubmission", &decoded))));
+                    prop_assert_eq!(again.unwrap(), decoded);
+                }
+                Err(e) => prop_assert!(matches!(e, Error::Decode(_)), "refused as {e:?}"),
+            }
+        }
+
+        /// Every submission reads back as written, and none of its truncations reads.
+        #[test]
+        fn submissions_round_trip_and_truncations_do_not(text in "\\PC{0,200}", document_id in "\\PC{0,20}", cut: proptest::sample::Index) {
+            let (runtime, codec) = registry_double();
+            let record = submission(text, document_id);
+            let value = wire(1, "DatasetSubmission", &record);
+            prop_assert_eq!(runtime.block_on(codec.decode::<quire_core::records::DatasetSubmission>(Some(&value))).unwrap(), record);
+            let truncated = &value[..cut.index(value.len())];
+            prop_assert!(runtime.block_on(codec.decode::<quire_core::records::DatasetSubmission>(Some(truncated))).is_err());
+        }
     }
 
     #[test]

@@ -70,6 +70,13 @@ pub struct KafkaArgs {
     #[arg(long, env = "QUIRE_HEARTBEAT_INTERVAL_MS", default_value_t = 5_000)]
     pub heartbeat_interval_ms: u64,
 
+    /// Largest record (key and value) a stage takes in, in bytes; a larger one is
+    /// quarantined as `record-too-large` without being read (Kafka's default
+    /// `max.message.bytes` is 1 MiB). Dead letters and the quarantine may carry up to
+    /// this much of a record's bytes.
+    #[arg(long, env = "QUIRE_MAX_RECORD_BYTES", default_value_t = 1_048_576)]
+    pub max_record_bytes: usize,
+
     /// Delays of successive retries of a failed block, in ms, comma-separated; each has
     /// its own retry topic `<topic>-retry-<ms>`. Their count bounds the retries.
     #[arg(long, env = "QUIRE_RETRY_DELAYS_MS", default_value = quire_core::retry::DEFAULT_RETRY_DELAYS_MS)]
@@ -84,6 +91,12 @@ impl KafkaArgs {
     /// Producer message timeout, kept below the transaction timeout as librdkafka requires.
     pub fn message_timeout_ms(&self) -> u64 {
         (self.transaction_timeout_ms / 2).max(1_000)
+    }
+
+    /// The largest record a stage produces: an input's bytes in a dead letter or a
+    /// quarantine record, plus room for their headers and fields.
+    pub fn max_output_bytes(&self) -> usize {
+        self.max_record_bytes + 64 * 1024
     }
 
     /// The retry schedule (checked by [`KafkaArgs::validate`]).
@@ -108,6 +121,9 @@ impl KafkaArgs {
                 "commit_interval_ms {} must be below transaction_timeout_ms {}",
                 self.commit_interval_ms, self.transaction_timeout_ms
             ));
+        }
+        if !(1_024..=crate::codec::MAX_VALUE_BYTES).contains(&self.max_record_bytes) {
+            return Err(format!("max_record_bytes {} must be between 1024 and {}", self.max_record_bytes, crate::codec::MAX_VALUE_BYTES));
         }
         if self.instance_id.is_empty() || self.topic_prefix.is_empty() {
             return Err("instance_id and topic_prefix must not be empty".into());

@@ -14,6 +14,8 @@ pub const DEDUP_KEY: &str = "quire-dedup-key";
 /// When the block first failed (8-byte big-endian epoch ms), carried through retries.
 pub const FIRST_FAILED_AT: &str = "quire-first-failed-at";
 /// W3C trace context (OpenTelemetry messaging conventions).
+/// On a dead letter whose record was too large to carry: the size of the value left out.
+pub const PAYLOAD_OMITTED_BYTES: &str = "quire-payload-omitted-bytes";
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 
@@ -58,7 +60,7 @@ pub fn dead_letter_headers(origin: &DltOrigin, failure: &Failure) -> Headers {
         (DLT_ORIGINAL_CONSUMER_GROUP.into(), origin.consumer_group.as_bytes().to_vec()),
         (DLT_EXCEPTION_FQCN.into(), failure.class.fqcn().as_bytes().to_vec()),
         (DLT_EXCEPTION_CAUSE_FQCN.into(), format!("quire.{}", failure.cause).into_bytes()),
-        (DLT_EXCEPTION_MESSAGE.into(), failure.reason.as_bytes().to_vec()),
+        (DLT_EXCEPTION_MESSAGE.into(), quire_core::screen::bounded_reason(failure.reason.clone()).into_bytes()),
     ]
 }
 
@@ -172,6 +174,23 @@ pub fn continue_trace(trace: &str) -> Option<String> {
     child_traceparent(trace).or_else(|| child_traceparent(&format!("00-{trace}-0000000000000001-01")))
 }
 
+/// Longest `tracestate` carried on (W3C: vendors may drop one longer than 512 characters).
+const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// The W3C trace context of `headers` worth carrying to a record's outputs: a valid
+/// `traceparent`, and a `tracestate` of bounded size. Anything else a writer put there
+/// is left behind.
+pub fn trace_context(headers: &Headers) -> Headers {
+    let mut carried = Vec::new();
+    if let Some(parent) = text_header(headers, TRACEPARENT).filter(|p| child_traceparent(p).is_some()) {
+        carried.push((TRACEPARENT.to_owned(), parent.into_bytes()));
+    }
+    if let Some(state) = header(headers, TRACESTATE).filter(|s| s.len() <= MAX_TRACESTATE_BYTES) {
+        carried.push((TRACESTATE.to_owned(), state.to_vec()));
+    }
+    carried
+}
+
 /// The trace id of a W3C `traceparent` header (`00-<trace id>-<span id>-<flags>`).
 pub fn trace_id(headers: &Headers) -> Option<String> {
     let value = text_header(headers, TRACEPARENT)?;
@@ -182,6 +201,8 @@ pub fn trace_id(headers: &Headers) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use quire_core::ErrorClass;
 
     #[test]
     fn dlt_headers_use_spring_encodings_and_round_trip() {
@@ -237,6 +258,85 @@ mod tests {
         let headers = vec![(TRACEPARENT.to_owned(), b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec())];
         assert_eq!(trace_id(&headers).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         assert_eq!(trace_id(&vec![(TRACEPARENT.to_owned(), b"garbage".to_vec())]), None);
+    }
+
+    fn origins() -> impl Strategy<Value = DltOrigin> {
+        (".{0,40}", any::<i32>(), any::<i64>(), any::<i64>(), any::<bool>(), ".{0,40}").prop_map(|(topic, partition, offset, timestamp_ms, log_append, consumer_group)| DltOrigin {
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            timestamp_type: if log_append { "LogAppendTime" } else { "CreateTime" },
+            consumer_group,
+        })
+    }
+
+    /// Headers as a hostile writer may send them: any names (Quire's among them), any bytes.
+    fn any_headers() -> impl Strategy<Value = Headers> {
+        let names = prop_oneof![
+            Just(DLT_ORIGINAL_TOPIC.to_owned()),
+            Just(DLT_ORIGINAL_PARTITION.to_owned()),
+            Just(DLT_ORIGINAL_OFFSET.to_owned()),
+            Just(DLT_ORIGINAL_TIMESTAMP.to_owned()),
+            Just(DLT_ORIGINAL_TIMESTAMP_TYPE.to_owned()),
+            Just(DLT_ORIGINAL_CONSUMER_GROUP.to_owned()),
+            Just(DLT_EXCEPTION_FQCN.to_owned()),
+            Just(DLT_EXCEPTION_MESSAGE.to_owned()),
+            Just(TRACEPARENT.to_owned()),
+            Just(RETRY_BACKOFF_TIMESTAMP.to_owned()),
+            Just(RETRY_ATTEMPTS.to_owned()),
+            Just(FIRST_FAILED_AT.to_owned()),
+            Just(DEDUP_KEY.to_owned()),
+            ".{0,20}",
+        ];
+        proptest::collection::vec((names, proptest::collection::vec(any::<u8>(), 0..64)), 0..16)
+    }
+
+    proptest! {
+        /// Whatever the headers, reading them never panics; a dead letter's headers
+        /// only parse when every Spring header is there with its encoding.
+        #[test]
+        fn any_headers_read_without_panic(headers in any_headers()) {
+            let _ = int_header(&headers, RETRY_ATTEMPTS);
+            let _ = long_header(&headers, FIRST_FAILED_AT);
+            let _ = big_integer_header(&headers, RETRY_BACKOFF_TIMESTAMP);
+            let _ = text_header(&headers, DEDUP_KEY);
+            if let Some(trace) = trace_id(&headers) {
+                prop_assert!(trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+            if let Ok((origin, _)) = read_dead_letter(&headers) {
+                prop_assert_eq!(header(&headers, DLT_ORIGINAL_PARTITION).map(<[u8]>::len), Some(4));
+                prop_assert_eq!(text_header(&headers, DLT_ORIGINAL_TOPIC), Some(origin.topic));
+            }
+        }
+
+        #[test]
+        fn dead_letter_headers_round_trip(origin in origins(), reason in ".{0,200}", class in 0..ErrorClass::ALL.len()) {
+            let failure = Failure { class: ErrorClass::ALL[class], cause: "fuzzed", reason };
+            let (read, read_failure) = read_dead_letter(&dead_letter_headers(&origin, &failure)).unwrap();
+            prop_assert_eq!(read, origin);
+            prop_assert_eq!(read_failure.class, failure.class);
+            prop_assert_eq!(read_failure.reason, failure.reason);
+        }
+
+        #[test]
+        fn big_integers_round_trip(value in any::<i64>()) {
+            let headers = vec![(RETRY_BACKOFF_TIMESTAMP.to_owned(), big_integer_bytes(value))];
+            prop_assert_eq!(big_integer_header(&headers, RETRY_BACKOFF_TIMESTAMP), Some(value));
+        }
+
+        /// A `traceparent` from outside never panics the parser; what comes out is
+        /// always a valid version-00 context in the same trace.
+        #[test]
+        fn any_traceparent_continues_validly(parent in prop_oneof![".{0,80}", "00-[0-9a-fA-F]{32}-[0-9a-f]{16}-[0-9a-f]{2}", "[0-9a-f]{32}"]) {
+            for child in [child_traceparent(&parent), continue_trace(&parent)].into_iter().flatten() {
+                let headers = vec![(TRACEPARENT.to_owned(), child.clone().into_bytes())];
+                let trace = trace_id(&headers);
+                prop_assert!(trace.is_some(), "{child}");
+                prop_assert!(child.starts_with("00-") && child.len() == 55, "{child}");
+                prop_assert!(parent.contains(trace.unwrap().as_str()), "{child} left the trace of {parent}");
+            }
+        }
     }
 
     #[test]

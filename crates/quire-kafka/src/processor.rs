@@ -85,6 +85,26 @@ impl Input {
         format!("{}/{}/{}", self.topic, self.partition, self.offset)
     }
 
+    /// Bytes of key and value, as the record-size limit counts them.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
+    }
+
+    /// The failure of a record over `max_bytes`: it is quarantined without being read.
+    pub fn too_large(&self, max_bytes: usize) -> Option<Failure> {
+        let size = self.size();
+        (size > max_bytes).then(|| {
+            Failure::data(
+                "record-too-large",
+                format!(
+                    "record of {size} bytes (key {} bytes) is over the limit of {max_bytes} bytes (QUIRE_MAX_RECORD_BYTES); it stays at {}",
+                    self.key.as_ref().map_or(0, Vec::len),
+                    self.position_key()
+                ),
+            )
+        })
+    }
+
     pub fn key_str(&self) -> Option<String> {
         self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
     }
@@ -100,6 +120,11 @@ pub struct OutputRecord {
 }
 
 impl OutputRecord {
+    /// Bytes of key, value and headers: what the broker's size limit counts.
+    pub fn size(&self) -> usize {
+        self.key.len() + self.payload.len() + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
+    }
+
     /// The record as librdkafka sends it.
     pub fn base_record(&self) -> BaseRecord<'_, String, Vec<u8>> {
         let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
@@ -170,6 +195,8 @@ pub struct StageContext {
     pub readiness: Readiness,
     /// What this instance holds, for its heartbeats.
     pub instance: InstanceStatus,
+    /// Largest input record taken in; larger input bytes are left out of dead letters.
+    pub max_record_bytes: usize,
 }
 
 impl StageContext {
@@ -197,6 +224,7 @@ impl StageContext {
             instance_id: args.instance_id.clone(),
             names,
             codec: Codec::new(&args.schema_registry_url)?,
+            max_record_bytes: args.max_record_bytes,
         })
     }
 
@@ -224,19 +252,18 @@ impl StageContext {
     /// value unchanged, Spring's DLT headers, keyed by `dedup_key`.
     pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> OutputRecord {
         let mut headers = headers::dead_letter_headers(&self.origin(input), failure);
-        for carried in [headers::TRACEPARENT, headers::TRACESTATE] {
-            if let Some(value) = headers::header(&input.headers, carried) {
-                headers.push((carried.to_owned(), value.to_vec()));
-            }
-        }
+        headers.extend(headers::trace_context(&input.headers));
         headers.push((headers::IDEMPOTENCY_KEY.into(), dedup_key.as_bytes().to_vec()));
+        // An oversized record stays where it is; its dead letter says where and how big.
+        let payload = match &input.payload {
+            Some(payload) if input.size() > self.max_record_bytes => {
+                headers.push((headers::PAYLOAD_OMITTED_BYTES.into(), payload.len().to_string().into_bytes()));
+                Vec::new()
+            }
+            payload => payload.clone().unwrap_or_default(),
+        };
         events::dead_lettered(self.stage, &self.instance_id, dedup_key, failure);
-        OutputRecord {
-            topic: TopicNames::dead_letter(&input.topic),
-            key: dedup_key.to_owned(),
-            payload: input.payload.clone().unwrap_or_default(),
-            headers,
-        }
+        OutputRecord { topic: TopicNames::dead_letter(&input.topic), key: dedup_key.to_owned(), payload, headers }
     }
 }
 
@@ -252,6 +279,11 @@ pub trait Stage: Send + 'static {
         Ok(())
     }
     async fn process(&mut self, input: &Input) -> std::result::Result<Vec<Effect>, StageError>;
+    /// The effect of a record this stage cannot process at all (too large, or its
+    /// output would be): dead-lettered under its position by default.
+    async fn unprocessable(&mut self, input: &Input, failure: &Failure) -> std::result::Result<Effect, StageError> {
+        Ok(self.context().unreadable(input, failure))
+    }
     /// Asked after each processed record: `Some(t)` pauses every partition until `t`
     /// (a dependency is overloaded: back off).
     fn backpressure_until(&mut self) -> Option<Instant> {
@@ -453,7 +485,7 @@ impl Core {
     /// a child span, or start one (W3C `traceparent`, see `otel`).
     fn apply(&mut self, input: &Input, effects: Vec<Effect>, started: SystemTime) -> Result<usize> {
         let trace = crate::otel::process_span(self.stage, &self.group, input, started);
-        let tracestate = headers::header(&input.headers, headers::TRACESTATE).map(<[u8]>::to_vec);
+        let tracestate = headers::trace_context(&input.headers).into_iter().find(|(n, _)| n == headers::TRACESTATE).map(|(_, v)| v);
         let mut duplicates = 0;
         for effect in effects {
             let done = |key: &str| self.dedup.contains(key) || self.batch.pending_keys.contains(key);
@@ -739,6 +771,37 @@ fn not_before(input: &Input) -> Option<Instant> {
     (wait_ms > 0).then(|| Instant::now() + Duration::from_millis(wait_ms as u64))
 }
 
+/// Runs `stage` on `input`, keeping to the size limits: a record over `max_input` is not
+/// read, and one whose effects hold a record over `max_output` (which the broker would
+/// refuse, failing the whole batch again and again) is unprocessable instead; so is a
+/// poison record. Nothing of such a record is produced but its dead letter.
+async fn process_within_limits<S: Stage>(
+    stage: &mut S,
+    input: &Input,
+    max_input: usize,
+    max_output: usize,
+) -> std::result::Result<Vec<Effect>, StageError> {
+    let failure = match input.too_large(max_input) {
+        Some(failure) => failure,
+        None => match stage.process(input).await {
+            Err(StageError::Poison(failure)) => failure,
+            Ok(effects) => match effects.iter().flat_map(|e| &e.records).find(|r| r.size() > max_output) {
+                None => return Ok(effects),
+                Some(record) => Failure::data(
+                    "output-too-large",
+                    format!(
+                        "its output to {} would be {} bytes, over the limit of {max_output} bytes (QUIRE_MAX_RECORD_BYTES + 64 KiB)",
+                        record.topic,
+                        record.size()
+                    ),
+                ),
+            },
+            other => return other,
+        },
+    };
+    stage.unprocessable(input, &failure).await.map(|effect| vec![effect])
+}
+
 /// Runs `stage` until `shutdown` is cancelled (then commits the open batch and returns
 /// `Ok`) or a fatal error (returned: the process should exit).
 pub async fn run<S: Stage>(mut stage: S, args: KafkaArgs, shutdown: CancellationToken) -> Result<()> {
@@ -764,6 +827,7 @@ fn run_blocking<S: Stage>(
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
+        .set("message.max.bytes", (args.max_output_bytes() + 4096).to_string())
         .set("message.timeout.ms", args.message_timeout_ms().to_string());
     if args.delivery_mode == DeliveryMode::Transactional {
         producer_config
@@ -878,10 +942,9 @@ fn run_blocking<S: Stage>(
         }
         if let Some(input) = input {
             let (processing, processing_since) = (Instant::now(), SystemTime::now());
-            let processed = runtime.block_on(stage.process(&input));
+            let processed = runtime.block_on(process_within_limits(&mut stage, &input, args.max_record_bytes, args.max_output_bytes()));
             events::record_took(stage_name, processing.elapsed());
             let processed = match processed {
-                Err(StageError::Poison(failure)) => Ok(vec![context.unreadable(&input, &failure)]),
                 Err(StageError::Defer { until, reason }) => {
                     if let Err(e) = core.pause_all(&consumer, Some(&input), until, &reason) {
                         break Err(e);

@@ -11,7 +11,9 @@ use quire_kafka::config::TopicNames;
 use quire_kafka::{Codec, KafkaArgs};
 use quire_kafka::headers;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::collections::VecDeque;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -133,26 +135,66 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
     let progress = if quiet { ProgressBar::hidden() } else { ProgressBar::new(records.len() as u64) };
     progress.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} documents").expect("template").progress_chars("=> "));
     progress.set_message(format!("publishing to {topic}"));
-    let mut sent = 0;
+    let mut window = SendWindow { in_flight: VecDeque::with_capacity(PUBLISH_WINDOW), acknowledged: 0, progress: &progress };
     for record in records {
         let payload = codec.encode(&topic, record).await?;
-        producer
-            .send(
-                FutureRecord::to(&topic)
-                    .key(&record.idempotency_key)
-                    .payload(&payload)
-                    .headers(OwnedHeaders::new().insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent) })),
-                Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("publishing document {}: {e}", record.document_id))?;
-        sent += 1;
-        progress.inc(1);
+        let trace = OwnedHeaders::new().insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent) });
+        let mut outgoing = FutureRecord::to(&topic).key(&record.idempotency_key).payload(&payload).headers(trace);
+        loop {
+            if window.in_flight.len() >= PUBLISH_WINDOW {
+                window.settle_oldest().await?;
+            }
+            match producer.send_result(outgoing) {
+                Ok(delivery) => {
+                    window.in_flight.push_back((&record.document_id, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    outgoing = returned;
+                    if window.in_flight.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    window.settle_oldest().await?;
+                }
+                Err((e, _)) => bail!("publishing document {}: {e}", record.document_id),
+            }
+        }
     }
+    while !window.in_flight.is_empty() {
+        window.settle_oldest().await?;
+    }
+    let sent = window.acknowledged;
     producer.flush(Duration::from_secs(30))?;
     progress.finish_and_clear();
     let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_owned();
     Ok((sent, trace_id))
+}
+
+/// How many documents `publish` keeps in flight before it waits for the oldest.
+const PUBLISH_WINDOW: usize = 1_000;
+
+/// Sends in flight, oldest first. Waiting for each acknowledgement before the next send
+/// would cost one round trip per document; the idempotent producer keeps their order
+/// per partition either way.
+struct SendWindow<'a> {
+    in_flight: VecDeque<(&'a str, DeliveryFuture)>,
+    acknowledged: usize,
+    progress: &'a ProgressBar,
+}
+
+impl SendWindow<'_> {
+    /// Waits for the oldest send, if any; an error names its document.
+    async fn settle_oldest(&mut self) -> anyhow::Result<()> {
+        let Some((document_id, delivery)) = self.in_flight.pop_front() else { return Ok(()) };
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => bail!("publishing document {document_id}: {e}"),
+            Err(_) => bail!("publishing document {document_id}: the producer dropped it unacknowledged"),
+        }
+        self.acknowledged += 1;
+        self.progress.inc(1);
+        Ok(())
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {

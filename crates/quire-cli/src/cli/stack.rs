@@ -21,6 +21,26 @@ pub enum StackCommand {
     Down(DirArgs),
     /// Say whether they run and answer.
     Status(DirArgs),
+    /// Restart the broker or the registry of a running stack (chaos tests).
+    Restart(RestartArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Program {
+    Broker,
+    Registry,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Which program to restart.
+    #[arg(value_enum)]
+    pub program: Program,
+    /// SIGKILL instead of a clean stop.
+    #[arg(long)]
+    pub kill: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize, PartialEq, Eq)]
@@ -64,6 +84,12 @@ pub async fn run(command: StackCommand) -> anyhow::Result<ExitCode> {
     match command {
         StackCommand::Up(args) => {
             let state = up(&args).await?;
+            println!("broker:   {} (pid {})", state.bootstrap_servers, state.broker_pid);
+            println!("registry: {} (pid {})", state.schema_registry_url, state.registry_pid);
+            Ok(ExitCode::SUCCESS)
+        }
+        StackCommand::Restart(args) => {
+            let state = restart(&args).await?;
             println!("broker:   {} (pid {})", state.bootstrap_servers, state.broker_pid);
             println!("registry: {} (pid {})", state.schema_registry_url, state.registry_pid);
             Ok(ExitCode::SUCCESS)
@@ -155,10 +181,25 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
     }
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
-    let nisshi = find_tool("nisshi")?;
-    let registry = find_tool("rivven-schema")?;
-    let listener = format!("tcp://127.0.0.1:{}", args.broker_port);
-    let storage = match args.storage {
+    let state = StackState {
+        broker_pid: spawn_broker(&dir, args.broker_port, args.storage)?,
+        registry_pid: spawn_registry(&dir, args.registry_port)?,
+        bootstrap_servers: format!("127.0.0.1:{}", args.broker_port),
+        schema_registry_url: format!("http://127.0.0.1:{}", args.registry_port),
+        storage: args.storage,
+    };
+    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
+    wait_until_answering(&dir, &state).await?;
+    Ok(state)
+}
+
+fn port_of(address: &str) -> anyhow::Result<u16> {
+    address.rsplit(':').next().and_then(|p| p.parse().ok()).with_context(|| format!("no port in {address}"))
+}
+
+fn spawn_broker(dir: &Path, port: u16, storage: Storage) -> anyhow::Result<u32> {
+    let listener = format!("tcp://127.0.0.1:{port}");
+    let storage = match storage {
         Storage::Memory => "memory://nisshi/".to_owned(),
         // nisshi resolves the SQLite path against its working directory (the stack dir).
         Storage::Sqlite => "sqlite://nisshi.db".to_owned(),
@@ -175,39 +216,64 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
         "100ms".into(),
         "--silent".into(),
     ];
-    let broker_pid = spawn_logged(&nisshi, &broker_args, &dir, &dir.join("broker.log"))?;
-    let registry_args =
-        vec!["serve".into(), "--host".into(), "127.0.0.1".into(), "--port".into(), args.registry_port.to_string()];
-    let registry_pid = spawn_logged(&registry, &registry_args, &dir, &dir.join("registry.log"))?;
-    let state = StackState {
-        broker_pid,
-        registry_pid,
-        bootstrap_servers: format!("127.0.0.1:{}", args.broker_port),
-        schema_registry_url: format!("http://127.0.0.1:{}", args.registry_port),
-        storage: args.storage,
-    };
-    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
+    spawn_logged(&find_tool("nisshi")?, &broker_args, dir, &dir.join("broker.log"))
+}
+
+fn spawn_registry(dir: &Path, port: u16) -> anyhow::Result<u32> {
+    let registry_args = vec!["serve".into(), "--host".into(), "127.0.0.1".into(), "--port".into(), port.to_string()];
+    spawn_logged(&find_tool("rivven-schema")?, &registry_args, dir, &dir.join("registry.log"))
+}
+
+/// Waits until the broker and the registry of `state` answer; stops the stack and says
+/// why if one exits or they stay silent for 60 s.
+async fn wait_until_answering(dir: &Path, state: &StackState) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let codec = Codec::new(&state.schema_registry_url)?;
     loop {
         let broker_up = broker_answers(&state.bootstrap_servers);
         let registry_up = codec.ping().await.is_ok();
         if broker_up && registry_up {
-            return Ok(state);
+            return Ok(());
         }
-        for (pid, name, log) in [(broker_pid, "broker", "broker.log"), (registry_pid, "registry", "registry.log")] {
+        for (pid, name, log) in [(state.broker_pid, "broker", "broker.log"), (state.registry_pid, "registry", "registry.log")] {
             if !alive(pid) {
                 let tail = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
-                let _ = down(&dir);
+                let _ = down(dir);
                 bail!("the {name} exited at start-up; its log ({}):\n{}", dir.join(log).display(), tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
             }
         }
         if Instant::now() > deadline {
-            let _ = down(&dir);
+            let _ = down(dir);
             bail!("stack did not answer within 60 s (broker up: {broker_up}, registry up: {registry_up}); logs in {}", dir.display());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Restarts one program of a running stack on its port with its storage: cleanly
+/// (SIGTERM) or with SIGKILL; returns once the stack answers again.
+pub async fn restart(args: &RestartArgs) -> anyhow::Result<StackState> {
+    let dir = args.dir.dir.canonicalize().with_context(|| format!("no stack in {}", args.dir.dir.display()))?;
+    let mut state = read_state(&dir)?.with_context(|| format!("no stack in {}", dir.display()))?;
+    let pid = match args.program {
+        Program::Broker => state.broker_pid,
+        Program::Registry => state.registry_pid,
+    };
+    if args.kill {
+        signal(pid, "-KILL");
+        while alive(pid) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    } else {
+        stop_process(pid, Duration::from_secs(10));
+    }
+    match args.program {
+        Program::Broker => state.broker_pid = spawn_broker(&dir, port_of(&state.bootstrap_servers)?, state.storage)?,
+        Program::Registry => state.registry_pid = spawn_registry(&dir, port_of(&state.schema_registry_url)?)?,
+    }
+    std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
+    wait_until_answering(&dir, &state).await?;
+    Ok(state)
 }
 
 fn signal(pid: u32, signal: &str) {

@@ -72,6 +72,9 @@ impl Stage for Claimer {
             Ok(submission) => submission,
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
+        if let Err(failure) = quire_core::screen::submission(&submission) {
+            return Ok(vec![ctx.unreadable(input, &failure)]);
+        }
         let blocks = blocks_of(&submission, self.max_block_chars, now_ms());
         if blocks.is_empty() {
             let failure = Failure::data(

@@ -77,6 +77,9 @@ impl Stage for Inference {
             Ok(block) => block,
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
+        if let Err(failure) = quire_core::screen::block(&block) {
+            return Ok(vec![ctx.unreadable(input, &failure)]);
+        }
         if ctx.canceled.contains(&block.dataset_id) {
             return Ok(vec![ctx.block_canceled(input, &block, block.state, block_key(&block)).await?]);
         }

@@ -27,7 +27,7 @@ use serde::Serialize;
 fn decode_failure(error: Error) -> Result<Failure, StageError> {
     match error {
         Error::Registry { .. } => Err(StageError::Retry(error.to_string())),
-        other => Ok(Failure::data("malformed-record", other.to_string())),
+        other => Ok(Failure::data("malformed-record", quire_core::screen::bounded_reason(other.to_string()))),
     }
 }
 

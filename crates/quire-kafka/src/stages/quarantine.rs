@@ -7,7 +7,7 @@ use crate::headers::{self, read_dead_letter, text_header, DATASET_ID};
 use crate::processor::{Effect, Input, Stage, StageContext, StageError};
 use crate::telemetry::events;
 use quire_core::records::{now_ms, QuarantineRecord, QUARANTINED};
-use quire_core::ErrorClass;
+use quire_core::{ErrorClass, Failure};
 
 pub struct Quarantine {
     context: StageContext,
@@ -16,6 +16,34 @@ pub struct Quarantine {
 impl Quarantine {
     pub fn new(context: StageContext) -> Self {
         Quarantine { context }
+    }
+
+    /// The quarantine record of dead letter `input`, filed under `key`, before its DLT
+    /// headers are read.
+    fn record(&self, input: &Input, key: String) -> QuarantineRecord {
+        QuarantineRecord {
+            dataset_id: text_header(&input.headers, DATASET_ID),
+            block_id: key.starts_with("blk-").then(|| key.clone()),
+            key,
+            original_topic: input.topic.clone(),
+            original_partition: input.partition,
+            original_offset: input.offset,
+            error_class: ErrorClass::Data.as_str().to_owned(),
+            exception_fqcn: ErrorClass::Data.fqcn().to_owned(),
+            reason: String::new(),
+            failed_stage: "unknown".into(),
+            instance_id: self.context.instance_id.clone(),
+            quarantined_at_ms: now_ms(),
+            cause: String::new(),
+            attempts: headers::int_header(&input.headers, headers::RETRY_ATTEMPTS).unwrap_or(1),
+            first_failed_at_ms: headers::long_header(&input.headers, headers::FIRST_FAILED_AT).unwrap_or(input.timestamp_ms),
+            last_failed_at_ms: input.timestamp_ms,
+            trace_id: headers::trace_id(&input.headers),
+            payload: input.payload.clone(),
+            status: QUARANTINED.into(),
+            replayed_at_ms: None,
+            replayed_by: None,
+        }
     }
 
     /// The stage a consumer group belongs to (`quire-inference` → `inference`).
@@ -41,30 +69,7 @@ impl Stage for Quarantine {
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
         let key = input.key_str().unwrap_or_else(|| input.position_key());
-        let now = now_ms();
-        let mut record = QuarantineRecord {
-            key: key.clone(),
-            dataset_id: text_header(&input.headers, DATASET_ID),
-            block_id: key.starts_with("blk-").then(|| key.clone()),
-            original_topic: input.topic.clone(),
-            original_partition: input.partition,
-            original_offset: input.offset,
-            error_class: ErrorClass::Data.as_str().to_owned(),
-            exception_fqcn: ErrorClass::Data.fqcn().to_owned(),
-            reason: String::new(),
-            failed_stage: "unknown".into(),
-            instance_id: ctx.instance_id.clone(),
-            quarantined_at_ms: now,
-            cause: String::new(),
-            attempts: headers::int_header(&input.headers, headers::RETRY_ATTEMPTS).unwrap_or(1),
-            first_failed_at_ms: headers::long_header(&input.headers, headers::FIRST_FAILED_AT).unwrap_or(input.timestamp_ms),
-            last_failed_at_ms: input.timestamp_ms,
-            trace_id: headers::trace_id(&input.headers),
-            payload: input.payload.clone(),
-            status: QUARANTINED.into(),
-            replayed_at_ms: None,
-            replayed_by: None,
-        };
+        let mut record = self.record(input, key.clone());
         match read_dead_letter(&input.headers) {
             Ok((origin, failure)) => {
                 record.failed_stage = self.stage_of(&origin.consumer_group);
@@ -87,5 +92,21 @@ impl Stage for Quarantine {
         events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
         Ok(vec![Effect::new(dedup_key, vec![output])])
+    }
+
+    /// A dead letter too large to file as it is (or its record would be): filed under
+    /// its own position with the reason, without its bytes or headers.
+    async fn unprocessable(&mut self, input: &Input, failure: &Failure) -> Result<Effect, StageError> {
+        let ctx = &self.context;
+        let key = input.position_key();
+        let record = QuarantineRecord {
+            reason: failure.reason.clone(),
+            cause: failure.cause.to_owned(),
+            payload: None,
+            ..self.record(input, key.clone())
+        };
+        events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
+        let output = ctx.encode(&ctx.names.quarantine(), &key, &record, headers::trace_context(&input.headers)).await?;
+        Ok(Effect::new(key, vec![output]))
     }
 }

@@ -40,6 +40,9 @@ impl Stage for Validator {
             Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
         };
         let block = &result.block;
+        if let Err(failure) = quire_core::screen::block(block) {
+            return Ok(vec![ctx.unreadable(input, &failure)]);
+        }
         if ctx.canceled.contains(&block.dataset_id) {
             let canceled = ctx.block_canceled(input, block, block.state, block.block_id.clone()).await?;
             return Ok(vec![canceled.unless_done(&block.block_id)]);
