@@ -5,6 +5,7 @@
 //! topics, groups and transactional ids get a random prefix. A test never skips: if a
 //! program is missing, it fails and says which and how to install it.
 
+pub mod chaos;
 pub mod hostile;
 pub mod model_server;
 pub mod otlp_collector;

@@ -55,9 +55,10 @@ pub struct Codec {
     http: reqwest::Client,
     encoder: Arc<AvroEncoder>,
     decoder: Arc<AvroDecoder>,
-    /// Ids this process registered: asking for one tells whether the registry still
-    /// holds what Quire put there.
-    registered: Arc<Mutex<Vec<u32>>>,
+    /// What this process registered (topic, schema, id): asking for one of the ids
+    /// tells whether the registry still holds what Quire put there, and it is
+    /// registered again if the registry lost it.
+    registered: Arc<Mutex<Vec<(String, String, u32)>>>,
 }
 
 impl Codec {
@@ -116,8 +117,30 @@ impl Codec {
             .call(self.http.post(format!("{}/subjects/{subject}/versions", self.url)).json(&serde_json::json!({"schema": schema})))
             .await?;
         let id = body["id"].as_u64().map(|id| id as u32).ok_or_else(|| self.registry_error(format!("no id in {body}")))?;
-        self.registered.lock().expect("registered ids").push(id);
+        let mut registered = self.registered.lock().expect("registered schemas");
+        if !registered.iter().any(|(t, text, _)| t == topic && text == schema) {
+            registered.push((topic.to_owned(), schema.to_owned(), id));
+        }
         Ok(id)
+    }
+
+    /// Whether the registry lost the schemas this process registered (it restarted
+    /// empty); if so, registers them again, in the order they were first registered
+    /// (so a registry that numbers schemas in order gives them their old ids), and
+    /// forgets the lookups that failed meanwhile. Ok(false): nothing was lost.
+    async fn recover_lost_schemas(&self) -> Result<bool> {
+        let registered = self.registered.lock().expect("registered schemas").clone();
+        let Some((_, _, first)) = registered.first() else { return Ok(false) };
+        if self.knows(*first).await? {
+            return Ok(false);
+        }
+        tracing::warn!(registry = %self.url, schemas = registered.len(), "the registry lost the schemas this process registered: registering them again");
+        for (topic, schema, _) in &registered {
+            self.register(topic, schema).await?;
+        }
+        self.decoder.remove_errors_from_cache();
+        self.encoder.remove_errors_from_cache();
+        Ok(true)
     }
 
     /// Whether the registry holds schema `id`; an error if it cannot say.
@@ -132,26 +155,18 @@ impl Codec {
 
     /// Why a value written with schema `id` could not be decoded (`message`): bad bytes
     /// or an id nobody registered are bad data; a registry that cannot answer, or that
-    /// lost the schemas this process registered (restarted empty), is a registry
-    /// failure, retried until it is back, never a reason to quarantine good records.
+    /// lost the schemas this process registered (restarted empty, then given them
+    /// again here), is a registry failure, retried, never a reason to quarantine good
+    /// records.
     async fn refusal(&self, id: u32, message: String) -> Error {
         match self.knows(id).await {
             Err(unreachable) => return unreachable,
             Ok(true) => return Error::Decode(message),
             Ok(false) => {}
         }
-        let own = self.registered.lock().expect("registered ids").first().copied();
-        let registry_intact = match own {
-            Some(own) => self.knows(own).await,
-            None => Ok(true),
-        };
-        match registry_intact {
-            Ok(true) => Error::Decode(format!("unknown schema id {id}: the registry at {} has no such schema", self.url)),
-            Ok(false) => {
-                // Looked up again once the schemas are back.
-                self.decoder.remove_errors_from_cache();
-                self.registry_error(format!("it no longer holds schema id {} that this process registered (restarted without its schemas?)", own.unwrap_or_default()))
-            }
+        match self.recover_lost_schemas().await {
+            Ok(false) => Error::Decode(format!("unknown schema id {id}: the registry at {} has no such schema", self.url)),
+            Ok(true) => self.registry_error(format!("it had lost its schemas (restarted?) and has them again; schema id {id} is looked up anew")),
             Err(unreachable) => unreachable,
         }
     }
@@ -183,13 +198,16 @@ impl Codec {
     /// Encodes `record` for `topic` with the latest schema of `<topic>-value`.
     pub async fn encode<T: Serialize>(&self, topic: &str, record: &T) -> Result<Vec<u8>> {
         let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
-        self.encoder.encode_struct(record, &strategy).await.map_err(|e| {
-            if e.retriable {
-                self.registry_error(e)
-            } else {
-                Error::Encode { topic: topic.to_owned(), message: e.to_string() }
-            }
-        })
+        match self.encoder.encode_struct(record, &strategy).await {
+            Ok(bytes) => Ok(bytes),
+            Err(e) if e.retriable => Err(self.registry_error(e)),
+            // A registry that restarted empty knows no subject: the schemas come back
+            // and the record is retried, it is not unencodable.
+            Err(e) => match self.recover_lost_schemas().await? {
+                true => Err(self.registry_error(format!("it had lost its schemas (restarted?) and has them again: {e}"))),
+                false => Err(Error::Encode { topic: topic.to_owned(), message: e.to_string() }),
+            },
+        }
     }
 
     /// Decodes a Confluent wire-format value into `T`.

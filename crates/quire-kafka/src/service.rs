@@ -25,14 +25,14 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// Registers every topic's value schema under `args.topic_prefix`.
-pub async fn register_all_schemas(args: &KafkaArgs) -> anyhow::Result<()> {
+/// Registers every topic's value schema under `args.topic_prefix` through `codec`, which
+/// registers them again if the registry loses them.
+pub async fn register_all_schemas(codec: &crate::Codec, args: &KafkaArgs) -> anyhow::Result<()> {
     let file = TopicsFile::load(None)?;
     // Schemas do not depend on the profile; any profile names the same topics.
     let profile = file.profiles.keys().next().cloned().unwrap_or_default();
     let topics = file.desired(&profile, &args.topic_prefix, &args.retry_schedule())?;
-    let codec = crate::Codec::new(&args.schema_registry_url)?;
-    let ids = register_schemas(&codec, &topics).await?;
+    let ids = register_schemas(codec, &topics).await?;
     tracing::info!(schemas = ids.len(), registry = codec.url(), "schemas registered");
     Ok(())
 }
@@ -48,7 +48,7 @@ pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: 
     let _export = crate::otel::init(&format!("quire-{}", stage.context().stage));
     let readiness = stage.context().readiness.clone().checking(&args)?;
     http::serve(&args.metrics_addr, routes, readiness).await?;
-    register_all_schemas(&args).await?;
+    register_all_schemas(&stage.context().codec, &args).await?;
     let shutdown = shutdown_on_signals();
     let heartbeats = Arc::new(Heartbeats::new(&args, stage.context().stage, stage.context().instance.clone())?);
     let ticking = CancellationToken::new();

@@ -190,7 +190,21 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
     };
     std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
     wait_until_answering(&dir, &state).await?;
+    pin_schema_ids(&state).await?;
     Ok(state)
+}
+
+/// Registers Quire's schemas in one fixed order as soon as the registry is up. The
+/// local registry keeps schemas in memory and numbers them in the order it first sees
+/// them, so this gives every schema the same id at every start: records written before
+/// a registry restart still decode after it, as with a registry that stores its schemas
+/// durably (Confluent's, in Kafka).
+async fn pin_schema_ids(state: &StackState) -> anyhow::Result<()> {
+    let codec = Codec::new(&state.schema_registry_url)?;
+    for (name, schema) in quire_kafka::codec::SCHEMAS {
+        codec.register(&format!("quire-stack.{name}"), schema).await?;
+    }
+    Ok(())
 }
 
 fn port_of(address: &str) -> anyhow::Result<u16> {
@@ -273,6 +287,9 @@ pub async fn restart(args: &RestartArgs) -> anyhow::Result<StackState> {
     }
     std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
     wait_until_answering(&dir, &state).await?;
+    if args.program == Program::Registry {
+        pin_schema_ids(&state).await?;
+    }
     Ok(state)
 }
 

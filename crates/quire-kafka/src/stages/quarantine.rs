@@ -70,8 +70,14 @@ impl Stage for Quarantine {
         let ctx = &self.context;
         let key = input.key_str().unwrap_or_else(|| input.position_key());
         let mut record = self.record(input, key.clone());
+        // A stage's dead letter is filed once under the key its stage gave it; anything
+        // else on these topics once under its own position, whatever its headers claim.
+        let mut dedup_key = input.position_key();
         match read_dead_letter(&input.headers) {
             Ok((origin, failure)) => {
+                if let Some(stage_key) = text_header(&input.headers, headers::DEDUP_KEY) {
+                    dedup_key = stage_key;
+                }
                 record.failed_stage = self.stage_of(&origin.consumer_group);
                 record.original_topic = origin.topic;
                 record.original_partition = origin.partition;
@@ -88,7 +94,6 @@ impl Stage for Quarantine {
                 record.reason = format!("dead-letter record without readable Spring DLT headers: {reason}");
             }
         }
-        let dedup_key = text_header(&input.headers, headers::DEDUP_KEY).unwrap_or_else(|| input.position_key());
         events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
         Ok(vec![Effect::new(dedup_key, vec![output])])
