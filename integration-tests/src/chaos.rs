@@ -92,11 +92,15 @@ pub struct Report {
     pub illegal_events: Vec<String>,
     pub post_terminal_events: Vec<String>,
     pub completed_and_quarantined: Vec<String>,
+    /// Good blocks quarantined as bad data.
+    pub wrongly_quarantined: Vec<String>,
     /// Blocks both completed and canceled.
     pub completed_after_cancel: Vec<String>,
     pub faults: BTreeMap<Fault, usize>,
     pub wall: Duration,
     pub drained: bool,
+    /// Instances that exited on their own (and were started again).
+    pub exits: usize,
 }
 
 impl Report {
@@ -114,6 +118,7 @@ impl Report {
         check("audit events after a terminal state", &self.post_terminal_events);
         check("blocks both completed and quarantined", &self.completed_and_quarantined);
         check("blocks both completed and canceled", &self.completed_after_cancel);
+        check("good blocks quarantined as bad data", &self.wrongly_quarantined);
         if !self.drained {
             problems.push("the pipeline did not finish within the wait".into());
         }
@@ -135,16 +140,24 @@ impl Report {
         println!("chaos illegal events:      {}", self.illegal_events.len());
         println!("chaos post-terminal:       {}", self.post_terminal_events.len());
         println!("chaos completed+quarantined: {}", self.completed_and_quarantined.len());
+        println!("chaos wrongly quarantined: {}", self.wrongly_quarantined.len());
         println!("chaos kills:               {}", count(Fault::KillInstance));
         println!("chaos stops:               {}", count(Fault::StopInstance));
         println!("chaos rebalances:          {}", count(Fault::AddInstance) + count(Fault::RemoveInstance));
         println!("chaos broker restarts:     {} clean, {} kill -9", count(Fault::RestartBroker), count(Fault::KillBroker));
         println!("chaos registry restarts:   {}", count(Fault::RestartRegistry));
         println!("chaos engine faults:       {} failing, {} timing out", count(Fault::EngineFails), count(Fault::EngineTimesOut));
+        println!("chaos instance exits:      {} (started again)", self.exits);
         println!("chaos wall time:           {:.1} s", self.wall.as_secs_f64());
         println!("chaos verdict:             {}", if self.problems().is_empty() { "ALL-RECORDS-DELIVERED" } else { "FAILED" });
     }
 }
+
+/// Causes that say a record itself was bad. Every block the chaos run publishes is
+/// good, so quarantining one for these is a fault of Quire's (say, a registry restart
+/// taken for bad data); engine failures that outlast the retries are not.
+const BAD_DATA_CAUSES: [&str; 8] =
+    ["malformed-record", "unencodable-output", "record-too-large", "output-too-large", "invalid-field", "control-characters", "forged-block", "illegal-transition"];
 
 /// The state machine as the README documents it, written out again so the verifier
 /// does not share the code it checks.
@@ -209,6 +222,17 @@ impl Driver<'_> {
 
     fn pid(&self, instance: &Instance) -> u32 {
         self.pipeline.services[instance.service].child.id()
+    }
+
+    /// Starts again, under the same id, every instance that exited on its own, as a
+    /// supervisor would (a fenced zombie exits by design); returns how many.
+    fn restart_exited(&mut self) -> usize {
+        let exited: Vec<usize> = (0..self.instances.len()).filter(|&i| !self.pipeline.services[self.instances[i].service].running()).collect();
+        for &i in exited.iter().rev() {
+            let instance = self.instances.remove(i);
+            self.start(instance.stage, instance.id);
+        }
+        exited.len()
     }
 
     fn resume_due(&mut self, now: Instant) {
@@ -337,9 +361,11 @@ pub fn run(config: &Config) -> Report {
     let mut pending_files = files.iter().peekable();
     let mut cancel_at = None;
     let mut canceled = false;
+    let mut exits = 0;
     loop {
         let now = Instant::now();
         driver.resume_due(now);
+        exits += driver.restart_exited();
         if engine_ok_at.is_some_and(|t| t <= now) {
             model.set(Behaviour::Healthy);
             engine_ok_at = None;
@@ -379,9 +405,11 @@ pub fn run(config: &Config) -> Report {
     model.set(Behaviour::Healthy);
     let runtime = crate::runtime();
     let codec = Codec::new(&stack.schema_registry_url).expect("codec");
-    let outcome = |runtime: &tokio::runtime::Runtime| Outcome::read(&stack, &driver.pipeline.prefix, &names, &codec, runtime);
+    let prefix = driver.pipeline.prefix.clone();
+    let outcome = |runtime: &tokio::runtime::Runtime| Outcome::read(&stack, &prefix, &names, &codec, runtime);
     let drained = eventually(Duration::from_secs(900), "every block completed, quarantined or canceled", || {
         std::thread::sleep(Duration::from_secs(2));
+        exits += driver.restart_exited();
         outcome(&runtime).judge(&expected, &canceled_dataset).lost.is_empty().then_some(())
     })
     .is_ok();
@@ -392,6 +420,7 @@ pub fn run(config: &Config) -> Report {
     report.delivery_mode = config.delivery_mode.clone();
     report.faults = driver.faults;
     report.drained = drained;
+    report.exits = exits;
     report.wall = started.elapsed();
     if !report.problems().is_empty() {
         eprintln!("{}", driver.pipeline.logs());
@@ -471,6 +500,9 @@ impl Outcome {
             }
             if let Some(reason) = self.quarantined.get(block) {
                 let cause = reason.split(':').next().unwrap_or_default().to_owned();
+                if BAD_DATA_CAUSES.contains(&cause.as_str()) {
+                    report.wrongly_quarantined.push(format!("{block:?}: {reason}"));
+                }
                 *report.quarantined_by_reason.entry(cause).or_default() += 1;
                 if times > 0 {
                     report.completed_and_quarantined.push(format!("{block:?}: {reason}"));
@@ -492,5 +524,73 @@ impl Outcome {
             }
         }
         report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(block: &str, from: BlockState, to: BlockState) -> StateChange {
+        StateChange {
+            block_id: block.into(),
+            dataset_id: "d".into(),
+            from_state: from,
+            to_state: to,
+            stage: "test".into(),
+            instance_id: "0".into(),
+            reason: None,
+            request_id: "r".into(),
+            at_ms: 0,
+        }
+    }
+
+    fn name(document: &str, paragraph: i32) -> BlockName {
+        ("d".into(), document.into(), paragraph)
+    }
+
+    /// The verifier sees each kind of violation it promises to.
+    #[test]
+    fn the_verifier_finds_loss_duplicates_and_bad_audits() {
+        use BlockState::*;
+        let expected: HashSet<BlockName> = [name("a", 0), name("a", 1), name("b", 0), name("b", 1), name("c", 0)].into();
+        let outcome = Outcome {
+            completed: [(name("a", 0), 1), (name("a", 1), 2), (name("b", 1), 1)].into(),
+            quarantined: [(name("b", 1), "no-language: x".into()), (name("c", 0), "malformed-record: y".into())].into(),
+            events: [
+                ("blk-a0".to_owned(), vec![change("blk-a0", Queued, Processing), change("blk-a0", Processing, Validating), change("blk-a0", Validating, Completed)]),
+                ("blk-a1".to_owned(), vec![change("blk-a1", Validating, Completed), change("blk-a1", Completed, Processing)]),
+                ("blk-b0".to_owned(), vec![change("blk-b0", Pending, Validating)]),
+            ]
+            .into(),
+            names: [("blk-a0".to_owned(), name("a", 0)), ("blk-a1".to_owned(), name("a", 1))].into(),
+        };
+        let report = outcome.judge(&expected, "other");
+        assert_eq!(report.lost, vec![format!("{:?}", name("b", 0))]);
+        assert_eq!(report.duplicated.len(), 1, "{report:?}");
+        assert_eq!(report.completed_and_quarantined.len(), 1, "{report:?}");
+        assert_eq!(report.illegal_events.len(), 2, "COMPLETED → PROCESSING and PENDING → VALIDATING: {report:?}");
+        assert_eq!(report.post_terminal_events.len(), 1, "{report:?}");
+        assert_eq!(report.wrongly_quarantined.len(), 1, "{report:?}");
+        assert_eq!(report.problems().len(), 7, "{:?}", report.problems());
+        // A clean outcome passes.
+        let clean = Outcome { completed: [(name("c", 0), 1)].into(), quarantined: HashMap::new(), events: HashMap::new(), names: HashMap::new() };
+        let report = Report { drained: true, ..clean.judge(&[name("c", 0)].into(), "other") };
+        assert!(report.problems().is_empty(), "{:?}", report.problems());
+    }
+
+    #[test]
+    fn canceled_blocks_are_accounted_for_by_dataset() {
+        use BlockState::*;
+        let expected: HashSet<BlockName> = [name("a", 0), name("a", 1)].into();
+        // One canceled at the claimer (never queued, so nameless), one completed.
+        let outcome = Outcome {
+            completed: [(name("a", 0), 1)].into(),
+            quarantined: HashMap::new(),
+            events: [("blk-x".to_owned(), vec![change("blk-x", Pending, Canceled)])].into(),
+            names: HashMap::new(),
+        };
+        assert!(outcome.judge(&expected, "d").lost.is_empty());
+        assert_eq!(outcome.judge(&expected, "other").lost.len(), 1, "only the canceled dataset's blocks may be canceled");
     }
 }

@@ -15,16 +15,18 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The schema files, by record name.
+/// The schema files, by record name, in the order `topics.yaml` first names them: every
+/// registrant registers them in this order, so a registry that numbers schemas in the
+/// order it first sees them (the local one) gives each the same id whoever comes first.
 pub const SCHEMAS: [(&str, &str); 8] = [
     ("DatasetSubmission", include_str!("../../../schemas/DatasetSubmission.avsc")),
     ("Block", include_str!("../../../schemas/Block.avsc")),
     ("InferenceResult", include_str!("../../../schemas/InferenceResult.avsc")),
     ("ValidatedResult", include_str!("../../../schemas/ValidatedResult.avsc")),
     ("StateChange", include_str!("../../../schemas/StateChange.avsc")),
-    ("QuarantineRecord", include_str!("../../../schemas/QuarantineRecord.avsc")),
     ("DatasetControl", include_str!("../../../schemas/DatasetControl.avsc")),
     ("InstanceHeartbeat", include_str!("../../../schemas/InstanceHeartbeat.avsc")),
+    ("QuarantineRecord", include_str!("../../../schemas/QuarantineRecord.avsc")),
 ];
 
 /// The text of the schema named `name`.
@@ -128,10 +130,17 @@ impl Codec {
     /// empty); if so, registers them again, in the order they were first registered
     /// (so a registry that numbers schemas in order gives them their old ids), and
     /// forgets the lookups that failed meanwhile. Ok(false): nothing was lost.
-    async fn recover_lost_schemas(&self) -> Result<bool> {
+    /// `topic` is the subject an encoding missed, if any: a registry whose ids were
+    /// given back after a restart (`quire stack restart registry` pins them) still lacks
+    /// the subjects, some of which others may have registered again already.
+    async fn recover_lost_schemas(&self, topic: Option<&str>) -> Result<bool> {
         let registered = self.registered.lock().expect("registered schemas").clone();
-        let Some((_, _, first)) = registered.first() else { return Ok(false) };
-        if self.knows(*first).await? {
+        let Some((_, _, first_id)) = registered.first() else { return Ok(false) };
+        let lost = match topic {
+            Some(topic) if registered.iter().any(|(t, _, _)| t == topic) => !self.has_subject(topic).await?,
+            _ => !self.knows(*first_id).await?,
+        };
+        if !lost {
             return Ok(false);
         }
         tracing::warn!(registry = %self.url, schemas = registered.len(), "the registry lost the schemas this process registered: registering them again");
@@ -153,6 +162,17 @@ impl Codec {
         }
     }
 
+    /// Whether the registry has a version of `topic`'s value subject.
+    async fn has_subject(&self, topic: &str) -> Result<bool> {
+        let url = format!("{}/subjects/{}/versions/latest", self.url, value_subject(topic));
+        let response = self.http.get(url).send().await.map_err(|e| self.registry_error(e))?;
+        match response.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            status => Err(self.registry_error(format!("HTTP {status} for subject {}", value_subject(topic)))),
+        }
+    }
+
     /// Why a value written with schema `id` could not be decoded (`message`): bad bytes
     /// or an id nobody registered are bad data; a registry that cannot answer, or that
     /// lost the schemas this process registered (restarted empty, then given them
@@ -164,7 +184,7 @@ impl Codec {
             Ok(true) => return Error::Decode(message),
             Ok(false) => {}
         }
-        match self.recover_lost_schemas().await {
+        match self.recover_lost_schemas(None).await {
             Ok(false) => Error::Decode(format!("unknown schema id {id}: the registry at {} has no such schema", self.url)),
             Ok(true) => self.registry_error(format!("it had lost its schemas (restarted?) and has them again; schema id {id} is looked up anew")),
             Err(unreachable) => unreachable,
@@ -203,7 +223,7 @@ impl Codec {
             Err(e) if e.retriable => Err(self.registry_error(e)),
             // A registry that restarted empty knows no subject: the schemas come back
             // and the record is retried, it is not unencodable.
-            Err(e) => match self.recover_lost_schemas().await? {
+            Err(e) => match self.recover_lost_schemas(Some(topic)).await? {
                 true => Err(self.registry_error(format!("it had lost its schemas (restarted?) and has them again: {e}"))),
                 false => Err(Error::Encode { topic: topic.to_owned(), message: e.to_string() }),
             },

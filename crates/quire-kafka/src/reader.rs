@@ -18,6 +18,32 @@ pub(crate) fn log_client_error(error: &KafkaError, reason: &str) {
     }
 }
 
+/// Whether a consumer error is one librdkafka recovers from by itself (the broker is
+/// restarting, a connection dropped, leadership moved): a reader waits it out until its
+/// deadline instead of failing, so a broker restart never stops a stage.
+pub(crate) fn recovers_by_itself(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            AllBrokersDown
+                | BrokerTransportFailure
+                | Resolve
+                | NetworkException
+                | RequestTimedOut
+                | OperationTimedOut
+                | NotCoordinator
+                | CoordinatorNotAvailable
+                | CoordinatorLoadInProgress
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | FencedLeaderEpoch
+                | UnknownLeaderEpoch
+                | BrokerNotAvailable
+        )
+    )
+}
+
 /// A consumer context that keeps end-of-partition events out of the error log.
 pub struct QuietContext;
 
@@ -136,6 +162,7 @@ impl TopicReader {
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     pending.remove(&partition);
                 }
+                Some(Err(e)) if recovers_by_itself(&e) => tracing::debug!(topic, error = %e, "reading on through a broker hiccup"),
                 Some(Err(e)) => {
                     let _ = self.consumer.unassign();
                     return Err(e.into());
@@ -199,6 +226,7 @@ impl TopicReader {
                 Some(Ok(message)) => break Some(Input::from_message(&message)),
                 Some(Err(KafkaError::PartitionEOF(p))) if p == partition => break None,
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(e)) if recovers_by_itself(&e) => tracing::debug!(topic, error = %e, "reading on through a broker hiccup"),
                 Some(Err(e)) => {
                     let _ = self.consumer.unassign();
                     return Err(e.into());

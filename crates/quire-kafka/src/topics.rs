@@ -222,6 +222,19 @@ mod tests {
     }
 
     #[test]
+    fn schemas_are_listed_in_the_order_topics_register_them() {
+        let file = TopicsFile::load(None).unwrap();
+        let mut first_named: Vec<&str> = Vec::new();
+        for schema in file.topics.iter().filter_map(|t| t.value_schema.as_deref()) {
+            if !first_named.contains(&schema) {
+                first_named.push(schema);
+            }
+        }
+        let listed: Vec<&str> = crate::codec::SCHEMAS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(first_named, listed, "codec::SCHEMAS must follow topics.yaml, or the local registry numbers them differently after a restart");
+    }
+
+    #[test]
     fn unknown_fields_and_schemas_are_named() {
         let err = TopicsFile::parse("profiles: {}\ntopics: []\nextra: 1\n", "x.yaml").unwrap_err().to_string();
         assert!(err.contains("extra"), "{err}");
