@@ -1,7 +1,7 @@
 //! Hostile inputs through the real pipeline: a generated corpus of over a thousand bad
 //! records on the ingest topic and every stage's inputs, between good documents, never
-//! stops a partition, crashes a service or loses a good document (see
-//! `integration_tests::hostile`; `quire-hostile` runs a bigger one).
+//! stops a partition, crashes a service or loses a good document, in either delivery
+//! mode (see `integration_tests::hostile`; `quire-hostile` runs a bigger one).
 
 use integration_tests::hostile::{self, Config};
 use integration_tests::Stack;
@@ -21,4 +21,9 @@ fn hostile_inputs_never_stall_a_partition(delivery_mode: &str) {
 #[test]
 fn hostile_inputs_never_stall_a_partition_transactional() {
     hostile_inputs_never_stall_a_partition("transactional");
+}
+
+#[test]
+fn hostile_inputs_never_stall_a_partition_idempotent() {
+    hostile_inputs_never_stall_a_partition("idempotent");
 }

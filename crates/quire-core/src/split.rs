@@ -73,16 +73,23 @@ mod tests {
         assert!(split_blocks(" \n\n \n", 10).is_empty());
     }
 
+    /// The split of `text`, checked: no block empty or over `max`, every non-space
+    /// character kept in order.
+    fn checked_split(text: &str, max: usize) -> Result<Vec<String>, TestCaseError> {
+        let blocks = split_blocks(text, max);
+        for b in &blocks {
+            prop_assert!(b.chars().count() <= max, "block {b:?} over {max}");
+            prop_assert!(!b.trim().is_empty());
+        }
+        let words = |s: &str| s.split_whitespace().collect::<String>();
+        prop_assert_eq!(words(&blocks.join(" ")), words(text));
+        Ok(blocks)
+    }
+
     proptest! {
         #[test]
         fn blocks_respect_limit_and_keep_every_word(text in "[a-zé ]{0,80}(\n\n[a-z ]{0,80}){0,5}", max in 5usize..50) {
-            let blocks = split_blocks(&text, max);
-            for b in &blocks {
-                prop_assert!(b.chars().count() <= max, "block {b:?} over {max}");
-                prop_assert!(!b.trim().is_empty());
-            }
-            let words = |s: &str| s.split_whitespace().collect::<String>();
-            prop_assert_eq!(words(&blocks.join(" ")), words(&text));
+            let blocks = checked_split(&text, max)?;
             prop_assert_eq!(split_blocks(&text, max), blocks);
         }
 
@@ -91,13 +98,7 @@ mod tests {
         /// makes an empty or oversized block.
         #[test]
         fn any_text_splits_without_loss(text in any::<String>(), max in 1usize..40) {
-            let blocks = split_blocks(&text, max);
-            for b in &blocks {
-                prop_assert!(b.chars().count() <= max, "block {b:?} over {max}");
-                prop_assert!(!b.trim().is_empty());
-            }
-            let words = |s: &str| s.split_whitespace().collect::<String>();
-            prop_assert_eq!(words(&blocks.join(" ")), words(&text));
+            checked_split(&text, max)?;
         }
     }
 }
