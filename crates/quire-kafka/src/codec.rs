@@ -3,8 +3,8 @@
 //!
 //! Schemas live in `schemas/*.avsc` and are compiled in. Each binary registers them at
 //! start-up under TopicNameStrategy subjects (`<topic>-value`) with BACKWARD
-//! compatibility. The local registry keeps schemas in memory, so ids can change when it
-//! restarts: restart the services after the registry (they re-register and re-resolve).
+//! compatibility, and again if it finds the registry has lost them (the local registry
+//! keeps schemas in memory): until then, records are retried, never quarantined.
 
 use crate::{Error, Result};
 use apache_avro::Schema;
@@ -130,9 +130,11 @@ impl Codec {
     /// empty); if so, registers them again, in the order they were first registered
     /// (so a registry that numbers schemas in order gives them their old ids), and
     /// forgets the lookups that failed meanwhile. Ok(false): nothing was lost.
-    /// `topic` is the subject an encoding missed, if any: a registry whose ids were
-    /// given back after a restart (`quire stack restart registry` pins them) still lacks
-    /// the subjects, some of which others may have registered again already.
+    ///
+    /// `topic` is the topic an encoding found no subject for, if any: it is asked
+    /// about, because a registry whose ids were given back after a restart (`quire
+    /// stack restart registry` pins them) lacks the subjects, some of which others may
+    /// have registered again already.
     async fn recover_lost_schemas(&self, topic: Option<&str>) -> Result<bool> {
         let registered = self.registered.lock().expect("registered schemas").clone();
         let Some((_, _, first_id)) = registered.first() else { return Ok(false) };
@@ -154,22 +156,22 @@ impl Codec {
 
     /// Whether the registry holds schema `id`; an error if it cannot say.
     async fn knows(&self, id: u32) -> Result<bool> {
-        let response = self.http.get(format!("{}/schemas/ids/{id}", self.url)).send().await.map_err(|e| self.registry_error(e))?;
-        match response.status().as_u16() {
-            200 => Ok(true),
-            404 => Ok(false),
-            status => Err(self.registry_error(format!("HTTP {status} for schema id {id}"))),
-        }
+        self.exists(format!("schemas/ids/{id}")).await
     }
 
     /// Whether the registry has a version of `topic`'s value subject.
     async fn has_subject(&self, topic: &str) -> Result<bool> {
-        let url = format!("{}/subjects/{}/versions/latest", self.url, value_subject(topic));
-        let response = self.http.get(url).send().await.map_err(|e| self.registry_error(e))?;
+        self.exists(format!("subjects/{}/versions/latest", value_subject(topic))).await
+    }
+
+    /// Whether `GET <registry>/<path>` finds something (200) or not (404); an error if
+    /// the registry cannot say.
+    async fn exists(&self, path: String) -> Result<bool> {
+        let response = self.http.get(format!("{}/{path}", self.url)).send().await.map_err(|e| self.registry_error(e))?;
         match response.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
-            status => Err(self.registry_error(format!("HTTP {status} for subject {}", value_subject(topic)))),
+            status => Err(self.registry_error(format!("HTTP {status} for {path}"))),
         }
     }
 
