@@ -88,6 +88,8 @@ pub struct Report {
     pub quarantined_by_reason: BTreeMap<String, usize>,
     pub canceled: usize,
     pub lost: Vec<String>,
+    /// Lost blocks by the last state their audit events reached: where they stand.
+    pub lost_at: BTreeMap<String, usize>,
     pub duplicated: Vec<String>,
     pub illegal_events: Vec<String>,
     pub post_terminal_events: Vec<String>,
@@ -136,6 +138,9 @@ impl Report {
         }
         println!("chaos canceled:            {}", self.canceled);
         println!("chaos lost:                {}", self.lost.len());
+        for (at, count) in &self.lost_at {
+            println!("chaos lost, standing at    {at}: {count}");
+        }
         println!("chaos duplicated:          {}", self.duplicated.len());
         println!("chaos illegal events:      {}", self.illegal_events.len());
         println!("chaos post-terminal:       {}", self.post_terminal_events.len());
@@ -310,7 +315,7 @@ impl Driver<'_> {
 /// Runs the chaos scenario on a SQLite stack of its own and reports.
 pub fn run(config: &Config) -> Report {
     let started = Instant::now();
-    let stack = Stack::start_with("sqlite");
+    let mut stack = Stack::start_with("sqlite");
     let model = ModelServer::start(Behaviour::Healthy);
     let engines = format!(
         "engines:\n  - {{name: model, kind: openai, url: \"{}\", model: chaos, timeout_ms: 1500, breaker: {{failure_threshold: 1000}}}}\ntasks:\n  translate: {{engines: [model]}}\n",
@@ -418,12 +423,16 @@ pub fn run(config: &Config) -> Report {
     let mut report = outcome.judge(&expected, &canceled_dataset);
     report.seed = config.seed;
     report.delivery_mode = config.delivery_mode.clone();
-    report.faults = driver.faults;
+    report.faults = std::mem::take(&mut driver.faults);
     report.drained = drained;
     report.exits = exits;
     report.wall = started.elapsed();
     if !report.problems().is_empty() {
         eprintln!("{}", driver.pipeline.logs());
+        drop(driver);
+        // The logs and the broker's data stay for a post-mortem.
+        stack.dir.disable_cleanup(true);
+        eprintln!("chaos: stack directory kept at {}", stack.dir.path().display());
     }
     report
 }
@@ -483,6 +492,7 @@ impl Outcome {
         // counted for their dataset.
         let mut canceled_unnamed = self.canceled_ids().filter(|id| !self.names.contains_key(*id)).count();
         report.canceled = self.canceled_ids().count();
+        let ids: HashMap<&BlockName, &String> = self.names.iter().map(|(id, name)| (name, id)).collect();
         let mut sorted: Vec<&BlockName> = expected.iter().collect();
         sorted.sort();
         for block in sorted {
@@ -491,7 +501,12 @@ impl Outcome {
             match times {
                 0 if self.quarantined.contains_key(block) || canceled => {}
                 0 if block.0 == canceled_dataset && canceled_unnamed > 0 => canceled_unnamed -= 1,
-                0 => report.lost.push(format!("{block:?}")),
+                0 => {
+                    report.lost.push(format!("{block:?}"));
+                    let last = ids.get(block).and_then(|id| self.events.get(*id)).and_then(|events| events.last());
+                    let at = last.map_or_else(|| "never queued".to_owned(), |c| format!("{} (by {})", c.to_state, c.stage));
+                    *report.lost_at.entry(at).or_default() += 1;
+                }
                 1 => report.completed += 1,
                 n => report.duplicated.push(format!("{block:?} ×{n}")),
             }

@@ -152,6 +152,8 @@ impl Default for KafkaArgs {
     }
 }
 
+const DEAD_LETTER_SUFFIX: &str = "-dlt";
+
 /// The topic names of one deployment, all under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicNames {
@@ -193,7 +195,10 @@ impl TopicNames {
     /// The dead-letter topic of `topic` (Spring ≥ 3.3 naming); a retry topic's records
     /// go to its main topic's.
     pub fn dead_letter(topic: &str) -> String {
-        format!("{}-dlt", retry::base_topic(topic))
+        format!("{}{DEAD_LETTER_SUFFIX}", retry::base_topic(topic))
+    }
+    pub fn is_dead_letter(topic: &str) -> bool {
+        topic.ends_with(DEAD_LETTER_SUFFIX)
     }
     /// The queued topic and its retry topics: where a block waits for inference.
     pub fn queued_and_retries(&self, schedule: &RetrySchedule) -> Vec<String> {

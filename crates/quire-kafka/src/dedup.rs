@@ -8,10 +8,20 @@
 //! see: on a broker that leaks records of aborted transactions, a leaked write counts as
 //! done and is not written again; on a broker that hides them, it is redone. The index
 //! is caught up at start, on every partition assignment and after every abort.
+//!
+//! Those topics are also other stages' inputs, where anyone may write anything, so a
+//! record counts only if this stage could have written it (`effect_key`): a dead letter
+//! must carry Spring's DLT headers naming this stage's group, any other record must be
+//! in the wire format, and a key naming a position must also be the record's Kafka key,
+//! as it is on every record Quire files under a position. Garbage carrying a copied or
+//! forged `quire-dedup-key` therefore never makes a stage skip a real effect. (A writer
+//! forging all of it on purpose is kept out by ACLs on the topics, not by this index.)
 
+use crate::headers;
+use crate::processor::Input;
 use crate::reader::TopicReader;
-use crate::{config::KafkaArgs, Result};
-use rdkafka::message::Headers as _;
+use crate::config::{KafkaArgs, TopicNames};
+use crate::Result;
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -19,14 +29,16 @@ use std::time::{Duration, Instant};
 /// The dedup keys present on a set of topics.
 pub struct DedupIndex {
     args: KafkaArgs,
+    group: String,
     topics: Vec<String>,
     seen: HashSet<String>,
     next_offsets: HashMap<(String, i32), i64>,
 }
 
 impl DedupIndex {
-    pub fn new(args: &KafkaArgs, topics: Vec<String>) -> Self {
-        DedupIndex { args: args.clone(), topics, seen: HashSet::new(), next_offsets: HashMap::new() }
+    /// The index of the stage whose consumer group is `group`, over its output `topics`.
+    pub fn new(args: &KafkaArgs, group: &str, topics: Vec<String>) -> Self {
+        DedupIndex { args: args.clone(), group: group.to_owned(), topics, seen: HashSet::new(), next_offsets: HashMap::new() }
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -60,8 +72,9 @@ impl DedupIndex {
                 self.next_offsets.iter().filter(|((t, _), _)| t == topic).map(|((_, p), next)| (*p, *next)).collect();
             let next_offsets = &mut self.next_offsets;
             let seen = &mut self.seen;
+            let group = &self.group;
             read += reader.read_to_end(topic, |p| starts.get(&p).copied(), deadline.saturating_duration_since(Instant::now()), |message| {
-                if let Some(key) = dedup_key(message) {
+                if let Some(key) = effect_key(&Input::from_message(message), group) {
                     seen.insert(key);
                 }
                 next_offsets.insert((topic.clone(), message.partition()), message.offset() + 1);
@@ -71,10 +84,108 @@ impl DedupIndex {
     }
 }
 
-/// A record's dedup key: its `quire-dedup-key` header, else its Kafka key.
-fn dedup_key<M: Message>(message: &M) -> Option<String> {
-    let header = message.headers().and_then(|headers| {
-        headers.iter().find(|h| h.key == crate::headers::DEDUP_KEY).and_then(|h| h.value.map(<[u8]>::to_vec))
-    });
-    header.or_else(|| message.key().map(<[u8]>::to_vec)).map(|k| String::from_utf8_lossy(&k).into_owned())
+/// The dedup key of `record` if it is an effect the stage of `group` could have written:
+/// its `quire-dedup-key` header (else its Kafka key), under the rules in the module doc.
+fn effect_key(record: &Input, group: &str) -> Option<String> {
+    let kafka_key = record.key_str();
+    let key = headers::text_header(&record.headers, headers::DEDUP_KEY).or_else(|| kafka_key.clone())?;
+    let position = parse_position(&key);
+    if TopicNames::is_dead_letter(&record.topic) {
+        let (origin, _) = headers::read_dead_letter(&record.headers).ok()?;
+        if origin.consumer_group != group {
+            return None;
+        }
+        if let Some((topic, partition, offset)) = position {
+            if (topic, partition, offset) != (origin.topic.as_str(), origin.partition, origin.offset) {
+                return None;
+            }
+        }
+    } else if !record.payload.as_deref().is_some_and(is_wire_format) {
+        return None;
+    }
+    if position.is_some() && kafka_key.as_deref() != Some(key.as_str()) {
+        return None;
+    }
+    Some(key)
+}
+
+/// `topic/partition/offset`, the key of an effect filed under a record's position.
+fn parse_position(key: &str) -> Option<(&str, i32, i64)> {
+    let mut parts = key.rsplitn(3, '/');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    Some((parts.next().filter(|t| !t.is_empty())?, partition, offset))
+}
+
+/// The Confluent wire format: magic byte 0, a four-byte schema id, then the value.
+fn is_wire_format(payload: &[u8]) -> bool {
+    payload.len() >= 5 && payload[0] == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::headers::{dead_letter_headers, DltOrigin};
+    use quire_core::{ErrorClass, Failure};
+
+    const GROUP: &str = "q-claimer";
+
+    fn record(topic: &str, key: &str, payload: &[u8], headers: crate::headers::Headers) -> Input {
+        Input {
+            topic: topic.into(),
+            partition: 0,
+            offset: 9,
+            key: Some(key.as_bytes().to_vec()),
+            payload: Some(payload.to_vec()),
+            headers,
+            timestamp_ms: 0,
+            timestamp_type: "CreateTime",
+        }
+    }
+
+    fn dead_letter_of(position: (&str, i32, i64), group: &str, dedup_key: &str) -> crate::headers::Headers {
+        let origin = DltOrigin { topic: position.0.into(), partition: position.1, offset: position.2, timestamp_ms: 1, timestamp_type: "CreateTime", consumer_group: group.into() };
+        let mut headers = dead_letter_headers(&origin, &Failure::new(ErrorClass::Data, "malformed-record", "bad"));
+        headers.push((headers::DEDUP_KEY.into(), dedup_key.as_bytes().to_vec()));
+        headers
+    }
+
+    const AVRO: &[u8] = &[0, 0, 0, 0, 1, 2, 3];
+
+    #[test]
+    fn the_stages_own_records_count() {
+        let block = record("q.blocks.queued", "blk-1", AVRO, vec![(headers::DEDUP_KEY.into(), b"blk-1".to_vec())]);
+        assert_eq!(effect_key(&block, GROUP).as_deref(), Some("blk-1"));
+        let dead = record("q.ingest-dlt", "q.ingest/2/7", b"garbage", dead_letter_of(("q.ingest", 2, 7), GROUP, "q.ingest/2/7"));
+        assert_eq!(effect_key(&dead, GROUP).as_deref(), Some("q.ingest/2/7"));
+        let without_header = record("q.blocks.queued", "blk-2", AVRO, Vec::new());
+        assert_eq!(effect_key(&without_header, GROUP).as_deref(), Some("blk-2"));
+    }
+
+    #[test]
+    fn garbage_with_a_forged_dedup_key_does_not_count() {
+        let forged = vec![(headers::DEDUP_KEY.into(), b"q.ingest/0/0".to_vec())];
+        // On an output topic: not in the wire format, and the key is not the position.
+        assert_eq!(effect_key(&record("q.blocks.queued", "hostile-1", b"\x07junk", forged.clone()), GROUP), None);
+        assert_eq!(effect_key(&record("q.blocks.queued", "hostile-1", AVRO, forged.clone()), GROUP), None);
+        // On a dead-letter topic: without Spring's headers.
+        assert_eq!(effect_key(&record("q.ingest-dlt", "q.ingest/0/0", b"junk", forged), GROUP), None);
+    }
+
+    #[test]
+    fn a_dead_letter_counts_only_for_its_group_and_its_position() {
+        let other_group = record("q.ingest-dlt", "q.ingest/0/0", b"x", dead_letter_of(("q.ingest", 0, 0), "q-inference", "q.ingest/0/0"));
+        assert_eq!(effect_key(&other_group, GROUP), None);
+        let elsewhere = record("q.ingest-dlt", "q.ingest/0/0", b"x", dead_letter_of(("q.ingest", 1, 5), GROUP, "q.ingest/0/0"));
+        assert_eq!(effect_key(&elsewhere, GROUP), None);
+        let block_keyed = record("q.ingest-dlt", "blk-3", b"x", dead_letter_of(("q.ingest", 1, 5), GROUP, "blk-3"));
+        assert_eq!(effect_key(&block_keyed, GROUP).as_deref(), Some("blk-3"));
+    }
+
+    #[test]
+    fn positions_parse_with_dots_and_slashes_in_the_topic() {
+        assert_eq!(parse_position("a.b/c/3/42"), Some(("a.b/c", 3, 42)));
+        assert_eq!(parse_position("blk-1#g0@retry1"), None);
+        assert_eq!(parse_position("/1/2"), None);
+    }
 }

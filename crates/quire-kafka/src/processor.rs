@@ -842,7 +842,7 @@ fn run_blocking<S: Stage>(
             _ => Error::Kafka(e),
         })?;
     }
-    let mut dedup = DedupIndex::new(&args, stage.output_topics());
+    let mut dedup = DedupIndex::new(&args, &context.group, stage.output_topics());
     let read = dedup.catch_up(CATCH_UP_TIMEOUT)?;
     tracing::info!(stage = stage_name, keys = dedup.len(), records = read, "dedup index built from output topics");
 

@@ -68,12 +68,16 @@ impl Stage for Quarantine {
 
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
-        let key = input.key_str().unwrap_or_else(|| input.position_key());
-        let mut record = self.record(input, key.clone());
         // A stage's dead letter is filed once under the key its stage gave it; anything
         // else on these topics once under its own position, whatever its headers claim.
+        let dead_letter = read_dead_letter(&input.headers);
+        let key = match dead_letter {
+            Ok(_) => input.key_str().unwrap_or_else(|| input.position_key()),
+            Err(_) => input.position_key(),
+        };
+        let mut record = self.record(input, key.clone());
         let mut dedup_key = input.position_key();
-        match read_dead_letter(&input.headers) {
+        match dead_letter {
             Ok((origin, failure)) => {
                 if let Some(stage_key) = text_header(&input.headers, headers::DEDUP_KEY) {
                     dedup_key = stage_key;
