@@ -198,7 +198,8 @@ fn zombie_is_fenced_and_exits() {
     let status = exited.unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
     let log = pipeline.services[zombie].log_text();
     assert!(!status.success(), "a fenced instance must exit non-zero");
-    assert!(log.contains("fenced"), "the zombie must say it was fenced:\n{}", tail(&log, 20));
+    let said: Vec<&str> = log.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert!(log.contains("fenced"), "the zombie must say it was fenced:\n{}", said[said.len().saturating_sub(30)..].join("\n"));
     assert!(pipeline.service("quire-inference").running(), "the successor keeps running");
 }
 
@@ -225,16 +226,39 @@ fn demo_runs_the_sample_through_the_pipeline() {
 fn bench_runs_a_small_dataset_and_prints_its_figures() {
     let dir = tempfile::Builder::new().prefix("quire-bench-").tempdir().unwrap();
     let (broker, registry) = (free_port().to_string(), free_port().to_string());
+    let results = dir.path().join("figures.txt");
     let output = quire(
-        &["bench", "--documents", "30", "--dir", &dir.path().to_string_lossy(), "--broker-port", &broker, "--registry-port", &registry, "--timeout", "120"],
+        &[
+            "bench", "--documents", "30", "--runs", "1", "--restart-records", "500", "--dir", &dir.path().to_string_lossy(), "--broker-port", &broker,
+            "--registry-port", &registry, "--timeout", "120", "--results", &results.to_string_lossy(),
+        ],
         &Default::default(),
     )
     .expect("quire bench succeeds");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("quire bench: 30 documents, 60 blocks, engine noop, transactional delivery"), "{stdout}");
-    for figure in ["publish", "pipeline", "wall clock", "latency p50", "latency p95", "latency p99", "latency max"] {
-        let line = stdout.lines().find(|l| l.starts_with(figure)).unwrap_or_else(|| panic!("no {figure} figure:\n{stdout}"));
-        let value: f64 = line[figure.len()..].split_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    let figures = std::fs::read_to_string(&results).expect("the figures file");
+    assert!(stdout.contains(&figures), "the file holds what was printed:\n{stdout}");
+    assert!(figures.contains("30 documents × 2 blocks"), "{figures}");
+    let figure_lines = [
+        "raw chain, plain",
+        "raw chain, transactional",
+        "quire, transactional ",
+        "quire, idempotent ",
+        "quire, transactional, paced at",
+        "claimer   alone on a backlog",
+        "inference alone on a backlog",
+        "validator alone on a backlog",
+        "watchdog while Quire ran",
+        "claimer start with      500 records",
+    ];
+    for figure in figure_lines {
+        let line = figures.lines().find(|l| l.starts_with(figure)).unwrap_or_else(|| panic!("no {figure:?} figure:\n{figures}"));
+        // The first number after the figure's name is its value.
+        let value: f64 = line[figure.len()..]
+            .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .find(|v| !v.is_empty() && *v != ".")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
         assert!(value > 0.0, "{line}");
     }
     assert!(!dir.path().join("stack.json").exists(), "the benchmark stops its stack");

@@ -72,6 +72,18 @@ pub struct LocalPipeline {
 impl LocalPipeline {
     /// Starts the stack, applies the topics and starts the services with `env`.
     pub async fn start(dir: &Path, broker_port: u16, registry_port: u16, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let mut pipeline = Self::start_stack(dir, broker_port, registry_port).await?;
+        match pipeline.start_services(&SERVICES, env) {
+            Ok(()) => Ok(pipeline),
+            Err(e) => {
+                pipeline.stop();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the stack and applies the topics, with no service running yet.
+    pub async fn start_stack(dir: &Path, broker_port: u16, registry_port: u16) -> anyhow::Result<Self> {
         let up = UpArgs { dir: DirArgs { dir: dir.to_owned() }, storage: Storage::Memory, broker_port, registry_port };
         println!("starting the local stack (broker + schema registry) in {}", dir.display());
         let state = stack::up(&up).await?;
@@ -81,31 +93,39 @@ impl LocalPipeline {
             ..KafkaArgs::default()
         };
         let mut pipeline = LocalPipeline { kafka, dir: dir.canonicalize()?, children: Vec::new() };
-        let started = async {
-            apply_topics(&ApplyArgs { kafka: pipeline.kafka.clone(), profile: "local".into(), file: None, dry_run: false }).await?;
-            for name in SERVICES {
-                pipeline.children.push(start_service(name, &pipeline.kafka, &pipeline.dir, env)?);
-                println!("started {name} (log: {})", pipeline.dir.join(format!("{name}.log")).display());
-            }
-            anyhow::Ok(())
+        if let Err(e) = apply_topics(&ApplyArgs { kafka: pipeline.kafka.clone(), profile: "local".into(), file: None, dry_run: false }).await {
+            pipeline.stop();
+            return Err(e);
         }
-        .await;
-        match started {
-            Ok(()) => Ok(pipeline),
-            Err(e) => {
-                pipeline.stop();
-                Err(e)
-            }
-        }
+        Ok(pipeline)
     }
 
-    /// Stops the services (SIGTERM, then SIGKILL) and the stack.
-    pub fn stop(&mut self) {
+    /// Starts the services `names` with `env`.
+    pub fn start_services(&mut self, names: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
+        for name in names {
+            self.children.push(start_service(name, &self.kafka, &self.dir, env)?);
+            println!("started {name} (log: {})", self.dir.join(format!("{name}.log")).display());
+        }
+        Ok(())
+    }
+
+    /// The process ids of the running services, in the order they were started.
+    pub fn service_ids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
+    /// Stops the services (SIGTERM, then SIGKILL), leaving the stack up.
+    pub fn stop_services(&mut self) {
         for child in &mut self.children {
             stack::stop_process(child.id(), Duration::from_secs(15));
             let _ = child.wait();
         }
         self.children.clear();
+    }
+
+    /// Stops the services and the stack.
+    pub fn stop(&mut self) {
+        self.stop_services();
         if let Err(e) = stack::down(&self.dir) {
             eprintln!("stopping the stack: {e:#}");
         }

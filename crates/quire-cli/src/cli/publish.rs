@@ -127,6 +127,22 @@ pub fn submissions(args: &Args, documents: &[Document]) -> anyhow::Result<Vec<Da
 /// Publishes the records as one trace (W3C `traceparent` on every record); returns how
 /// many were acknowledged and the trace id.
 pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool) -> anyhow::Result<(usize, String)> {
+    send_all(kafka, records, quiet, None).await.map(|(sent, trace_id, _)| (sent, trace_id))
+}
+
+/// Publishes the records at `per_second`, each stamped `submitted_at_ms` as it is sent
+/// (a benchmark's paced load).
+pub async fn publish_paced(kafka: &KafkaArgs, records: &mut [DatasetSubmission], per_second: f64) -> anyhow::Result<()> {
+    let (_, _, stamps) = send_all(kafka, records, true, Some(per_second)).await?;
+    for (record, stamp) in records.iter_mut().zip(stamps) {
+        record.submitted_at_ms = stamp;
+    }
+    Ok(())
+}
+
+/// Sends `records` (at `per_second`, else as fast as the window allows); returns how
+/// many were acknowledged, the trace id and when each was submitted.
+async fn send_all(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool, per_second: Option<f64>) -> anyhow::Result<(usize, String, Vec<i64>)> {
     let topic = TopicNames::new(&kafka.topic_prefix).ingest();
     let (traceparent, _span) = quire_kafka::otel::publish_span(&topic);
     let codec = Codec::new(&kafka.schema_registry_url)?;
@@ -136,7 +152,19 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
     progress.set_style(ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} documents").expect("template").progress_chars("=> "));
     progress.set_message(format!("publishing to {topic}"));
     let mut window = SendWindow { in_flight: VecDeque::with_capacity(PUBLISH_WINDOW), acknowledged: 0, progress: &progress };
-    for record in records {
+    let started = tokio::time::Instant::now();
+    let mut stamps = Vec::with_capacity(records.len());
+    for (n, record) in records.iter().enumerate() {
+        let stamped;
+        let record = match per_second {
+            Some(rate) => {
+                tokio::time::sleep_until(started + Duration::from_secs_f64(n as f64 / rate)).await;
+                stamped = DatasetSubmission { submitted_at_ms: quire_core::records::now_ms(), ..record.clone() };
+                &stamped
+            }
+            None => record,
+        };
+        stamps.push(record.submitted_at_ms);
         let payload = codec.encode(&topic, record).await?;
         let trace = OwnedHeaders::new().insert(Header { key: headers::TRACEPARENT, value: Some(&traceparent) });
         let mut outgoing = FutureRecord::to(&topic).key(&record.idempotency_key).payload(&payload).headers(trace);
@@ -146,7 +174,7 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
             }
             match producer.send_result(outgoing) {
                 Ok(delivery) => {
-                    window.in_flight.push_back((&record.document_id, delivery));
+                    window.in_flight.push_back((records[n].document_id.as_str(), delivery));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
@@ -167,7 +195,7 @@ pub async fn publish(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bo
     producer.flush(Duration::from_secs(30))?;
     progress.finish_and_clear();
     let trace_id = traceparent.split('-').nth(1).unwrap_or_default().to_owned();
-    Ok((sent, trace_id))
+    Ok((sent, trace_id, stamps))
 }
 
 /// How many documents `publish` keeps in flight before it waits for the oldest.

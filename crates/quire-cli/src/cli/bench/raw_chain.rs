@@ -1,0 +1,318 @@
+//! The ceiling Quire is measured against: three consume→produce hops written plainly
+//! with rdkafka (no Avro, no dedup, no audit, no state machine) through topics laid out
+//! like Quire's, from a publisher to a sink reading the last topic. The first hop splits
+//! each document into as many records as Quire splits it into blocks. Run plain, it is
+//! what any three-stage pipeline can reach on this broker; run transactional (offsets in
+//! the transaction, `read_committed` readers, Quire's commit settings) it is what
+//! exactly-once costs before Quire adds anything.
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// When a transactional hop commits: after `max_records` inputs or `interval`, as
+/// Quire's `QUIRE_MAX_BATCH` and `QUIRE_COMMIT_INTERVAL_MS`.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitSettings {
+    pub max_records: usize,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Chain {
+    pub bootstrap_servers: String,
+    pub partitions: i32,
+    pub documents: usize,
+    pub records_per_document: usize,
+    pub record_bytes: usize,
+    /// `None`: plain hops (auto-committed offsets, no transactions).
+    pub transactions: Option<CommitSettings>,
+}
+
+/// Records through the chain, and the time from the first document published to the
+/// last record read by the sink.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainRun {
+    pub records: usize,
+    pub elapsed: Duration,
+}
+
+impl ChainRun {
+    pub fn per_second(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+const HOPS: usize = 3;
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Chain {
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers).set("broker.address.family", "v4");
+        config
+    }
+
+    /// Runs the chain once on topics of its own and measures it.
+    pub async fn run(&self, longest: Duration) -> anyhow::Result<ChainRun> {
+        let prefix = format!("bench-raw-{:08x}", rand::random::<u32>());
+        let topics: Vec<String> = (0..=HOPS).map(|n| format!("{prefix}.t{n}")).collect();
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(1))).collect();
+        for result in admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))).await? {
+            result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+        }
+        let (chain, hop_topics) = (self.clone(), topics.clone());
+        let outcome = tokio::task::spawn_blocking(move || chain.run_on(&prefix, &hop_topics, longest)).await?;
+        let names: Vec<&str> = new_topics.iter().map(|t| t.name).collect();
+        let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+        outcome
+    }
+
+    fn run_on(&self, prefix: &str, topics: &[String], longest: Duration) -> anyhow::Result<ChainRun> {
+        let expected = self.documents * self.records_per_document;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ready = Arc::new(AtomicUsize::new(0));
+        let mut hops: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
+        for hop in 0..HOPS {
+            let (chain, stop, ready) = (self.clone(), stop.clone(), ready.clone());
+            let (from, to) = (topics[hop].clone(), topics[hop + 1].clone());
+            let fan_out = if hop == 0 { self.records_per_document } else { 1 };
+            let group = format!("{prefix}-hop{hop}");
+            hops.push(std::thread::spawn(move || chain.hop(&group, &from, &to, fan_out, &stop, &ready)));
+        }
+        let sink = ArrivalCounter::start(&self.bootstrap_servers, &topics[HOPS], expected, From::Start)?;
+        // Timed from the first document, once every hop has its partitions.
+        let joined = Instant::now() + TIMEOUT;
+        while ready.load(Ordering::SeqCst) < HOPS && Instant::now() < joined && hops.iter().all(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let started = Instant::now();
+        let published = self.publish(&topics[0]);
+        let deadline = started + longest;
+        while !sink.is_done() && Instant::now() < deadline && hops.iter().all(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::SeqCst);
+        let arrivals = sink.finish();
+        for hop in hops {
+            hop.join().map_err(|_| anyhow::anyhow!("a hop panicked"))??;
+        }
+        published?;
+        anyhow::ensure!(arrivals.count >= expected, "the raw chain moved {} of {expected} records within {longest:?}", arrivals.count);
+        Ok(ChainRun { records: arrivals.count, elapsed: arrivals.last.unwrap_or_else(Instant::now) - started })
+    }
+
+    /// Runs the hops one after another on topics of their own, each alone on the backlog
+    /// the one before it left, and returns what each wrote.
+    pub fn hops_one_at_a_time(&self, longest: Duration) -> anyhow::Result<Vec<Arrivals>> {
+        let prefix = format!("bench-raw-hops-{:08x}", rand::random::<u32>());
+        let topics: Vec<String> = (0..=HOPS).map(|n| format!("{prefix}.t{n}")).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
+        let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(1))).collect();
+        for result in runtime.block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))? {
+            result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
+        }
+        self.publish(&topics[0])?;
+        let expected = self.documents * self.records_per_document;
+        let mut written = Vec::new();
+        for hop in 0..HOPS {
+            let counter = ArrivalCounter::start(&self.bootstrap_servers, &topics[hop + 1], expected, From::Start)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let (chain, flag, from, to) = (self.clone(), stop.clone(), topics[hop].clone(), topics[hop + 1].clone());
+            let fan_out = if hop == 0 { self.records_per_document } else { 1 };
+            let group = format!("{prefix}-hop{hop}");
+            let thread = std::thread::spawn(move || chain.hop(&group, &from, &to, fan_out, &flag, &AtomicUsize::new(0)));
+            let deadline = Instant::now() + longest;
+            while !counter.is_done() && !thread.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stop.store(true, Ordering::SeqCst);
+            let arrivals = counter.finish();
+            thread.join().map_err(|_| anyhow::anyhow!("a hop panicked"))??;
+            anyhow::ensure!(arrivals.count >= expected, "raw hop {hop} alone wrote {} of {expected} records within {longest:?}", arrivals.count);
+            written.push(arrivals);
+        }
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let _ = runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()));
+        Ok(written)
+    }
+
+    /// Publishes the documents to `topic`, keyed by document, a window of sends in flight.
+    fn publish(&self, topic: &str) -> anyhow::Result<()> {
+        let producer: BaseProducer = self.config().set("linger.ms", "5").create()?;
+        let payload = vec![b'd'; self.record_bytes * self.records_per_document];
+        for n in 0..self.documents {
+            send(&producer, BaseRecord::to(topic).key(&format!("doc-{n}")).payload(&payload))?;
+        }
+        producer.flush(TIMEOUT)?;
+        Ok(())
+    }
+
+    fn consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.config();
+        config.set("group.id", group).set("auto.offset.reset", "earliest").set("enable.partition.eof", "false");
+        if self.transactions.is_some() {
+            config.set("isolation.level", "read_committed").set("enable.auto.commit", "false");
+        }
+        config
+    }
+
+    /// One hop: every record of `from` becomes `fan_out` records of `to`. Counts itself
+    /// `ready` once it has partitions.
+    fn hop(&self, group: &str, from: &str, to: &str, fan_out: usize, stop: &AtomicBool, ready: &AtomicUsize) -> anyhow::Result<()> {
+        let consumer: BaseConsumer = self.consumer_config(group).create()?;
+        consumer.subscribe(&[from])?;
+        let mut producer_config = self.config();
+        producer_config.set("linger.ms", "5");
+        if self.transactions.is_some() {
+            producer_config.set("transactional.id", format!("{group}-txn"));
+        }
+        let producer: BaseProducer = producer_config.create()?;
+        let mut open: Option<(Instant, usize)> = None;
+        if self.transactions.is_some() {
+            producer.init_transactions(TIMEOUT)?;
+        }
+        let mut assigned = false;
+        while !stop.load(Ordering::SeqCst) {
+            if !assigned && consumer.assignment()?.count() > 0 {
+                assigned = true;
+                ready.fetch_add(1, Ordering::SeqCst);
+            }
+            if let (Some(settings), Some((began, inputs))) = (self.transactions, open) {
+                if inputs >= settings.max_records || began.elapsed() >= settings.interval {
+                    let offsets = consumer.position()?;
+                    let metadata = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no group metadata"))?;
+                    producer.send_offsets_to_transaction(&offsets, &metadata, TIMEOUT)?;
+                    producer.commit_transaction(TIMEOUT)?;
+                    open = None;
+                }
+            }
+            producer.poll(Duration::ZERO);
+            let Some(message) = consumer.poll(Duration::from_millis(5)) else { continue };
+            let message = message?;
+            if self.transactions.is_some() && open.is_none() {
+                producer.begin_transaction()?;
+                open = Some((Instant::now(), 0));
+            }
+            let payload = message.payload().unwrap_or_default();
+            let part = payload.len() / fan_out;
+            for n in 0..fan_out {
+                let key = format!("{}-{n}", String::from_utf8_lossy(message.key().unwrap_or_default()));
+                send(&producer, BaseRecord::to(to).key(&key).payload(&payload[n * part..(n + 1) * part]))?;
+            }
+            if let Some((_, inputs)) = &mut open {
+                *inputs += 1;
+            }
+        }
+        if open.is_some() {
+            producer.abort_transaction(TIMEOUT)?;
+        }
+        producer.flush(TIMEOUT)?;
+        Ok(())
+    }
+}
+
+/// Sends `record`, waiting while the producer's queue is full.
+pub fn send(producer: &BaseProducer, mut record: BaseRecord<'_, String, [u8]>) -> anyhow::Result<()> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                record = returned;
+                producer.poll(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
+/// Where an [`ArrivalCounter`] starts reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum From {
+    Start,
+    /// These offsets (partition → offset; partitions not named from their start).
+    Offsets(std::collections::HashMap<i32, i64>),
+}
+
+/// What an [`ArrivalCounter`] saw: how many records, when the first and the last came.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Arrivals {
+    pub count: usize,
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+}
+
+impl Arrivals {
+    /// Records per second from the first arrival to the last.
+    pub fn per_second(&self) -> f64 {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) if last > first => self.count.saturating_sub(1) as f64 / (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// Counts the records arriving on a topic, read `read_committed`, in a thread of its own,
+/// until `expected` have come or it is finished.
+pub struct ArrivalCounter {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Arrivals>,
+}
+
+impl ArrivalCounter {
+    pub fn start(bootstrap_servers: &str, topic: &str, expected: usize, from: From) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .set("broker.address.family", "v4")
+            .set("group.id", format!("bench-counter-{:08x}", rand::random::<u32>()))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
+        let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len()) as i32;
+        anyhow::ensure!(partitions > 0, "topic {topic} has no partitions");
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            let offset = match &from {
+                From::Offsets(offsets) if offsets.contains_key(&p) => rdkafka::Offset::Offset(offsets[&p]),
+                _ => rdkafka::Offset::Beginning,
+            };
+            assignment.add_partition_offset(topic, p, offset)?;
+        }
+        consumer.assign(&assignment)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut arrivals = Arrivals::default();
+            while !stop_flag.load(Ordering::SeqCst) && arrivals.count < expected {
+                if let Some(Ok(_)) = consumer.poll(Duration::from_millis(5)) {
+                    let now = Instant::now();
+                    arrivals.first.get_or_insert(now);
+                    arrivals.last = Some(now);
+                    arrivals.count += 1;
+                }
+            }
+            arrivals
+        });
+        Ok(ArrivalCounter { stop, thread })
+    }
+
+    /// Whether every expected record has come.
+    pub fn is_done(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    pub fn finish(self) -> Arrivals {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap_or_default()
+    }
+}
