@@ -8,7 +8,7 @@
 //! report and the documents it built. It reads the quarantine and the completed topic,
 //! and never calls Quire's splitter, ids or verify.
 
-use crate::{eventually, read_decoded, Pipeline, Stack};
+use crate::{eventually, Pipeline, Stack};
 use quire_core::records::{Block, DatasetSubmission, QuarantineRecord, ValidatedResult};
 use quire_kafka::config::TopicNames;
 use quire_kafka::Codec;
@@ -417,6 +417,58 @@ impl StallProbe {
     }
 }
 
+const TINY_DATASET: &str = "hostile-tiny";
+
+/// What the pipeline has filed so far, read incrementally: each update decodes only the
+/// records written since the last, so a corpus of 100 000 documents is read once.
+struct Tally {
+    reader: quire_kafka::reader::TopicReader,
+    quarantine_topic: String,
+    completed_topic: String,
+    positions: HashMap<String, HashMap<i32, i64>>,
+    /// Quarantine causes by the original record's position.
+    filed: HashMap<(String, i32, i64), String>,
+    tiny_quarantined: HashSet<String>,
+    /// Completions per (dataset, document).
+    completions: HashMap<(String, String), usize>,
+}
+
+impl Tally {
+    fn new(stack: &Stack, prefix: &str, names: &TopicNames) -> Self {
+        Tally {
+            reader: quire_kafka::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader"),
+            quarantine_topic: names.quarantine(),
+            completed_topic: names.completed(),
+            positions: HashMap::new(),
+            filed: HashMap::new(),
+            tiny_quarantined: HashSet::new(),
+            completions: HashMap::new(),
+        }
+    }
+
+    fn read_new<T: serde::de::DeserializeOwned>(&mut self, topic: &str, codec: &Codec, runtime: &tokio::runtime::Runtime) -> Vec<T> {
+        let positions = self.positions.entry(topic.to_owned()).or_default();
+        let records = self.reader.read_new(topic, positions, Duration::from_secs(30)).expect("read topic");
+        records.iter().map(|r| runtime.block_on(codec.decode::<T>(r.payload.as_deref())).unwrap_or_else(|e| panic!("record on {topic} does not decode: {e}"))).collect()
+    }
+
+    fn update(&mut self, codec: &Codec, runtime: &tokio::runtime::Runtime) {
+        for record in self.read_new::<QuarantineRecord>(&self.quarantine_topic.clone(), codec, runtime) {
+            if record.dataset_id.as_deref() == Some(TINY_DATASET) {
+                self.tiny_quarantined.extend(record.block_id.clone());
+            }
+            self.filed.insert((record.original_topic, record.original_partition, record.original_offset), record.cause);
+        }
+        for result in self.read_new::<ValidatedResult>(&self.completed_topic.clone(), codec, runtime) {
+            *self.completions.entry((result.dataset_id, result.document_id)).or_default() += 1;
+        }
+    }
+
+    fn tiny_completed_once(&self) -> usize {
+        self.completions.iter().filter(|((dataset, _), n)| dataset == TINY_DATASET && **n == 1).count()
+    }
+}
+
 /// Runs the corpus through a pipeline of its own on `stack` and reports.
 pub fn run(stack: &Stack, config: &Config) -> Report {
     let started = Instant::now();
@@ -477,7 +529,7 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
         let submission = DatasetSubmission {
             document_index: t as i32,
             document_count: config.tiny_documents as i32,
-            ..corpus.submission("hostile-tiny", "tiny-key", &format!("tiny-{t:06}"), tiny_words[t % tiny_words.len()].into())
+            ..corpus.submission(TINY_DATASET, "tiny-key", &format!("tiny-{t:06}"), tiny_words[t % tiny_words.len()].into())
         };
         let value = corpus.encode(&names.ingest(), &submission);
         records.push(Written { kind: None, topic: names.ingest(), key: Some(b"tiny-key".to_vec()), value: Some(value), headers: Vec::new(), cause: None, document: None });
@@ -521,53 +573,39 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
 
     let bad: Vec<(&Written, (i32, i64))> = records.iter().zip(positions.iter().copied()).filter(|(r, _)| r.cause.is_some()).collect();
     let good: Vec<&str> = records.iter().filter_map(|r| r.document.as_deref()).collect();
-    let quarantined = |records: &[QuarantineRecord]| -> HashMap<(String, i32, i64), String> {
-        records.iter().map(|r| ((r.original_topic.clone(), r.original_partition, r.original_offset), r.cause.clone())).collect()
-    };
     // Wait until every bad record is quarantined and every good document completed.
+    let mut tally = Tally::new(stack, &pipeline.prefix, &names);
     let expected_completions = good.len() + 1;
     let outcome = eventually(Duration::from_secs(600), "every bad record quarantined and every good document completed", || {
         std::thread::sleep(Duration::from_secs(1));
-        let quarantine: Vec<QuarantineRecord> = read_decoded(stack, &pipeline.prefix, &names.quarantine(), &runtime);
-        let filed = quarantined(&quarantine);
-        let done = bad.iter().all(|(r, (p, o))| filed.contains_key(&(r.topic.clone(), *p, *o)));
-        let completed: Vec<ValidatedResult> = read_decoded(stack, &pipeline.prefix, &names.completed(), &runtime);
-        let good_done = completed.iter().filter(|c| c.dataset_id != "hostile-tiny").count() >= expected_completions;
-        let tiny = |dataset: Option<&str>| dataset == Some("hostile-tiny");
-        let tiny_done = completed.iter().filter(|c| tiny(Some(&c.dataset_id))).count() + quarantine.iter().filter(|r| tiny(r.dataset_id.as_deref())).count()
-            >= config.tiny_documents;
+        tally.update(&codec, &runtime);
+        let done = bad.iter().all(|(r, (p, o))| tally.filed.contains_key(&(r.topic.clone(), *p, *o)));
+        let good_done = tally.completions.iter().filter(|((dataset, _), _)| dataset != TINY_DATASET).map(|(_, n)| n).sum::<usize>() >= expected_completions;
+        let tiny_done = tally.tiny_completed_once() + tally.tiny_quarantined.len() >= config.tiny_documents;
         (done && good_done && tiny_done).then_some(())
     });
     // A little longer, so that a late duplicate would show.
     std::thread::sleep(Duration::from_secs(2));
     let (max_stall, stalled_partition) = probe.finish();
+    tally.update(&codec, &runtime);
 
-    let quarantine_records: Vec<QuarantineRecord> = read_decoded(stack, &pipeline.prefix, &names.quarantine(), &runtime);
-    let filed = quarantined(&quarantine_records);
-    let completed: Vec<ValidatedResult> = read_decoded(stack, &pipeline.prefix, &names.completed(), &runtime);
     let mut report = Report { seed: config.seed, inputs_tried: records.len(), bad_records: bad.len(), good_documents: good.len(), tiny_documents: config.tiny_documents, ..Report::default() };
     for (record, (partition, offset)) in &bad {
         let expected = record.cause.expect("bad");
-        match filed.get(&(record.topic.clone(), *partition, *offset)) {
+        match tally.filed.get(&(record.topic.clone(), *partition, *offset)) {
             Some(cause) if cause == expected => *report.quarantined_by_cause.entry(cause.clone()).or_default() += 1,
             found => report.misfiled.push(format!("{:?} on {}/{partition}/{offset}: expected {expected}, found {found:?}", record.kind, record.topic)),
         }
     }
-    let mut completions: HashMap<(&str, &str), usize> = HashMap::new();
-    for c in &completed {
-        *completions.entry((c.dataset_id.as_str(), c.document_id.as_str())).or_default() += 1;
-    }
     for document in &good {
-        match completions.get(&("hostile-good", *document)).copied().unwrap_or(0) {
+        match tally.completions.get(&("hostile-good".to_owned(), document.to_string())).copied().unwrap_or(0) {
             1 => report.good_completed_once += 1,
             n => report.good_not_once.push((document.to_string(), n)),
         }
     }
-    report.duplicate_keys_completed = completions.get(&("hostile-twins", "twin")).copied().unwrap_or(0);
-    let tiny_quarantined: HashSet<&str> = quarantine_records.iter().filter(|r| r.dataset_id.as_deref() == Some("hostile-tiny")).filter_map(|r| r.block_id.as_deref()).collect();
-    let tiny_completed = completions.iter().filter(|((d, _), n)| *d == "hostile-tiny" && **n == 1).count();
-    report.tiny_unaccounted = config.tiny_documents.saturating_sub(tiny_completed + tiny_quarantined.len());
-    *report.quarantined_by_cause.entry("(tiny documents)".into()).or_default() += tiny_quarantined.len();
+    report.duplicate_keys_completed = tally.completions.get(&("hostile-twins".to_owned(), "twin".to_owned())).copied().unwrap_or(0);
+    report.tiny_unaccounted = config.tiny_documents.saturating_sub(tally.tiny_completed_once() + tally.tiny_quarantined.len());
+    *report.quarantined_by_cause.entry("(tiny documents)".into()).or_default() += tally.tiny_quarantined.len();
     report.crashes = pipeline.services.iter_mut().map(|s| s.running()).filter(|running| !running).count();
     report.max_partition_stall = max_stall;
     report.stalled_partition = stalled_partition;

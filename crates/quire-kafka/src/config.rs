@@ -89,8 +89,17 @@ impl KafkaArgs {
     }
 
     /// Producer message timeout, kept below the transaction timeout as librdkafka requires.
+    /// Without transactions nothing fences an instance that was paused past its session
+    /// timeout (a zombie), so its unsent writes must expire before its partitions can be
+    /// given to another instance: librdkafka times out queued records before it sends
+    /// them when the process wakes up, and a successor is assigned no sooner than a
+    /// session timeout after the zombie's last heartbeat.
     pub fn message_timeout_ms(&self) -> u64 {
-        (self.transaction_timeout_ms / 2).max(1_000)
+        let within_transaction = (self.transaction_timeout_ms / 2).max(1_000);
+        match self.delivery_mode {
+            DeliveryMode::Transactional => within_transaction,
+            DeliveryMode::Idempotent => within_transaction.min(SESSION_TIMEOUT_MS - 3 * CONSUMER_HEARTBEAT_INTERVAL_MS),
+        }
     }
 
     /// The largest record a stage produces: an input's bytes in a dead letter or a
@@ -153,6 +162,11 @@ impl Default for KafkaArgs {
 }
 
 const DEAD_LETTER_SUFFIX: &str = "-dlt";
+
+/// The stages' consumer session timeout: how long a silent instance keeps its partitions.
+pub const SESSION_TIMEOUT_MS: u64 = 10_000;
+/// How often a stage's consumer heartbeats to its group.
+pub const CONSUMER_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 
 /// The topic names of one deployment, all under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,6 +244,8 @@ mod tests {
         let mut args = KafkaArgs::default();
         assert_eq!(args.validate(), Ok(()));
         assert!(args.message_timeout_ms() < args.transaction_timeout_ms);
+        let idempotent = KafkaArgs { delivery_mode: DeliveryMode::Idempotent, ..KafkaArgs::default() };
+        assert!(idempotent.message_timeout_ms() + CONSUMER_HEARTBEAT_INTERVAL_MS < SESSION_TIMEOUT_MS, "a zombie's writes expire before a successor is assigned");
         args.commit_interval_ms = args.transaction_timeout_ms;
         assert!(args.validate().unwrap_err().contains("commit_interval_ms"));
         let args = KafkaArgs { retry_delays_ms: "30000,5000".into(), ..KafkaArgs::default() };

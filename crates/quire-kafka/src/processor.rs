@@ -325,6 +325,8 @@ struct Batch {
     /// Ages of the blocks the batch completes (observed once committed).
     completed_ages_ms: Vec<i64>,
     delivery_failures_at_start: u64,
+    /// Idempotent mode: outputs held back until the batch's audit events are written.
+    held: Vec<OutputRecord>,
 }
 
 impl Batch {
@@ -350,6 +352,8 @@ enum CommitOutcome {
 struct Core {
     stage: &'static str,
     group: String,
+    /// Where the stage's audit events go.
+    audit_topic: String,
     instance_id: String,
     mode: DeliveryMode,
     producer: ThreadedProducer<DeliveryContext>,
@@ -502,8 +506,15 @@ impl Core {
                 if let Some(state) = &tracestate {
                     headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
                 }
-                self.produce(&record)?;
                 *self.batch.produced.entry(record.topic.clone()).or_default() += 1;
+                // Without a transaction, nothing makes a batch's records visible at once:
+                // its audit events go first, so no stage downstream can act on a block
+                // before the change that sent it there is in the audit log.
+                if self.mode == DeliveryMode::Idempotent && record.topic != self.audit_topic {
+                    self.batch.held.push(record);
+                } else {
+                    self.produce(&record)?;
+                }
             }
             self.batch.completed_ages_ms.extend(effect.completes_block_aged_ms);
             self.batch.pending_keys.insert(effect.dedup_key);
@@ -592,20 +603,29 @@ impl Core {
         }
     }
 
+    /// Writes the batch's audit events, then its outputs, each flushed and every record
+    /// delivered, then commits the offsets.
     fn commit_idempotent<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
     ) -> std::result::Result<(), TxnFailure> {
-        self.producer.flush(self.timeout()).map_err(|e| TxnFailure::Abortable(format!("flush: {e}")))?;
+        self.flush_delivered("audit events")?;
+        for record in std::mem::take(&mut self.batch.held) {
+            self.produce(&record).map_err(|e| TxnFailure::Abortable(format!("produce: {e}")))?;
+        }
+        self.flush_delivered("outputs")?;
+        consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
+    }
+
+    /// Waits for every record sent so far; fails if any of the batch's was not delivered.
+    fn flush_delivered(&self, what: &str) -> std::result::Result<(), TxnFailure> {
+        self.producer.flush(self.timeout()).map_err(|e| TxnFailure::Abortable(format!("flush of {what}: {e}")))?;
         let failures = self.producer.context().failures.load(Ordering::SeqCst);
         if failures > self.batch.delivery_failures_at_start {
-            return Err(TxnFailure::Abortable(format!(
-                "{} record(s) were not delivered",
-                failures - self.batch.delivery_failures_at_start
-            )));
+            return Err(TxnFailure::Abortable(format!("{} record(s) were not delivered", failures - self.batch.delivery_failures_at_start)));
         }
-        consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
+        Ok(())
     }
 
     /// Pauses `partitions` until `until`, each to resume at its offset.
@@ -849,6 +869,7 @@ fn run_blocking<S: Stage>(
     let core = Arc::new(Mutex::new(Core {
         stage: stage_name,
         group: context.group.clone(),
+        audit_topic: context.names.events(),
         instance_id: args.instance_id.clone(),
         mode: args.delivery_mode,
         producer,
@@ -870,8 +891,8 @@ fn run_blocking<S: Stage>(
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "1000")
+        .set("session.timeout.ms", crate::config::SESSION_TIMEOUT_MS.to_string())
+        .set("heartbeat.interval.ms", crate::config::CONSUMER_HEARTBEAT_INTERVAL_MS.to_string())
         .create_with_context(LoopContext { core: core.clone() })?;
     events::stage_started(stage_name);
     let inputs = stage.input_topics();
