@@ -1,6 +1,7 @@
 //! What the local broker honours of Kafka's transaction contract, measured with
 //! librdkafka: commit, abort visibility to read_committed consumers, offsets committed
-//! inside a transaction (and not by an aborted one), and fencing of a zombie producer.
+//! inside a transaction (and not by an aborted one), fencing of a zombie producer, and
+//! the high watermark.
 //!
 //! The test asserts the behaviour README.md documents ("Broker deviations"). If the
 //! broker changes, this fails and says what to update; Quire's own guarantees do not
@@ -21,6 +22,9 @@ const DOCUMENTED_ABORTED_RECORDS_VISIBLE: bool = true;
 /// Whether a transaction that holds only offsets commits them (README.md: nisshi 0.7.0
 /// drops them, so Quire commits record-less batches with a plain offset commit).
 const DOCUMENTED_OFFSETS_ONLY_TRANSACTION_COMMITS: bool = false;
+/// Whether the high watermark is the offset after the last record (README.md: nisshi
+/// 0.7.0 reports the last batch's base offset + 1).
+const DOCUMENTED_HIGH_WATERMARK_AFTER_LAST_RECORD: bool = false;
 /// Whether a zombie's commit, with no write after its successor's init, is refused as
 /// fenced (README.md: nisshi 0.7.0 lets it time out; its next write is fenced).
 const DOCUMENTED_QUIET_ZOMBIE_FENCED: bool = false;
@@ -187,6 +191,23 @@ fn broker_conformance_report() {
     table.push(("zombie producer fenced", detail.clone(), fenced));
     assert!(fenced, "the zombie was not fenced: {detail}");
 
+    // 5. The high watermark after one batch of many records (Kafka: the offset after
+    // the last record), from a plain and from an idempotent producer.
+    let mut watermark_counts_records = Vec::new();
+    for (kind, idempotence) in [("plain", "false"), ("idempotent", "true")] {
+        let topic = unique("conf-watermark-");
+        create_topic(&stack, &topic, 1);
+        let batching: BaseProducer = stack.rdkafka_config().set("linger.ms", "100").set("enable.idempotence", idempotence).create().unwrap();
+        produce(&batching, &topic, 50, "first-batch");
+        produce(&batching, &topic, 50, "second-batch");
+        let read = read_committed_count(&stack, &topic);
+        let (_, high) = consumer.fetch_watermarks(&topic, 0, T).unwrap();
+        let check = if kind == "plain" { "high watermark after two batches of 50 (plain producer)" } else { "high watermark after two batches of 50 (idempotent producer)" };
+        table.push((check, format!("{high}, {read} records readable (want 100)"), high == 100));
+        assert_eq!(read, 100, "every record of the batches is readable");
+        watermark_counts_records.push(high == 100);
+    }
+
     println!("\nbroker conformance (local stack):");
     for (check, observed, honoured) in &table {
         println!("  [{}] {check}: {observed}", if *honoured { "honoured" } else { "NOT honoured" });
@@ -200,6 +221,11 @@ fn broker_conformance_report() {
         offsets_only_committed,
         DOCUMENTED_OFFSETS_ONLY_TRANSACTION_COMMITS,
         "the broker's handling of offsets-only transactions changed: update README.md's broker deviations and this test"
+    );
+    assert_eq!(
+        watermark_counts_records,
+        [DOCUMENTED_HIGH_WATERMARK_AFTER_LAST_RECORD; 2],
+        "the broker's high watermark changed: update README.md's broker deviations and this test"
     );
     assert_eq!(
         leaked > 0,
