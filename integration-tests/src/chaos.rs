@@ -103,6 +103,8 @@ pub struct Report {
     pub drained: bool,
     /// Instances that exited on their own (and were started again).
     pub exits: usize,
+    /// Why `quire cancel` never succeeded, if it did not.
+    pub cancel_failed: Option<String>,
 }
 
 impl Report {
@@ -121,6 +123,9 @@ impl Report {
         check("blocks both completed and quarantined", &self.completed_and_quarantined);
         check("blocks both completed and canceled", &self.completed_after_cancel);
         check("good blocks quarantined as bad data", &self.wrongly_quarantined);
+        if let Some(error) = &self.cancel_failed {
+            problems.push(format!("quire cancel kept failing: {error}"));
+        }
         if !self.drained {
             problems.push("the pipeline did not finish within the wait".into());
         }
@@ -312,6 +317,9 @@ impl Driver<'_> {
     }
 }
 
+/// How long after the faults end `quire cancel` may keep failing.
+const CANCEL_PATIENCE: Duration = Duration::from_secs(120);
+
 /// Runs the chaos scenario on a SQLite stack of its own and reports.
 pub fn run(config: &Config) -> Report {
     let started = Instant::now();
@@ -366,6 +374,7 @@ pub fn run(config: &Config) -> Report {
     let mut pending_files = files.iter().peekable();
     let mut cancel_at = None;
     let mut canceled = false;
+    let mut cancel_error = None;
     let mut exits = 0;
     loop {
         let now = Instant::now();
@@ -391,7 +400,14 @@ pub fn run(config: &Config) -> Report {
             }
         }
         if !canceled && cancel_at.is_some_and(|t| now >= t) {
-            canceled = quire(&["cancel", &canceled_dataset], &env).is_ok();
+            match quire(&["cancel", &canceled_dataset], &env) {
+                Ok(_) => canceled = true,
+                Err(e) => cancel_error = Some(format!("{e:#}")),
+            }
+        }
+        // A cancel that keeps failing is a finding, not a reason to wait forever.
+        if !canceled && now >= fault_deadline + CANCEL_PATIENCE {
+            break;
         }
         if now < fault_deadline && now >= next_fault && !config.faults.is_empty() {
             let fault = config.faults[rng.random_range(0..config.faults.len())];
@@ -426,6 +442,7 @@ pub fn run(config: &Config) -> Report {
     report.faults = std::mem::take(&mut driver.faults);
     report.drained = drained;
     report.exits = exits;
+    report.cancel_failed = (!canceled).then(|| cancel_error.unwrap_or_else(|| "never tried".into()));
     report.wall = started.elapsed();
     if !report.problems().is_empty() {
         eprintln!("{}", driver.pipeline.logs());

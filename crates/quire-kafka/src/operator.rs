@@ -22,6 +22,11 @@ use std::time::Duration;
 pub struct Operator {
     producer: BaseProducer,
     codec: Codec,
+    args: KafkaArgs,
+    /// Set once every topic's schema is registered through `codec`, before the first
+    /// record is encoded: a registry that restarted empty knows no subject, and only
+    /// schemas the codec registered can be registered again by it.
+    schemas: tokio::sync::OnceCell<()>,
     names: TopicNames,
     /// The `stage` of the audit events written.
     stage: String,
@@ -54,7 +59,15 @@ impl Operator {
             .set("acks", "all")
             .create()?;
         producer.init_transactions(TIMEOUT)?;
-        Ok(Operator { producer, codec: Codec::new(&args.schema_registry_url)?, names: TopicNames::new(&args.topic_prefix), stage: stage.to_owned(), who })
+        Ok(Operator {
+            producer,
+            codec: Codec::new(&args.schema_registry_url)?,
+            args: args.clone(),
+            schemas: tokio::sync::OnceCell::new(),
+            names: TopicNames::new(&args.topic_prefix),
+            stage: stage.to_owned(),
+            who,
+        })
     }
 
     pub fn names(&self) -> &TopicNames {
@@ -67,6 +80,11 @@ impl Operator {
 
     /// `value` encoded for `topic`, keyed by `key`.
     pub async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord> {
+        self.schemas
+            .get_or_try_init(|| async {
+                crate::service::register_all_schemas(&self.codec, &self.args).await.map_err(|e| Error::Other(format!("registering schemas: {e:#}")))
+            })
+            .await?;
         Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload: self.codec.encode(topic, value).await?, headers })
     }
 
