@@ -147,3 +147,15 @@ fn cancel_leaves_no_completed_output_for_canceled_blocks() {
     let status = stdout(&pipeline, &["status", "cancel-me"]);
     assert!(status.contains(&format!("canceled                   {canceled}")), "{status}");
 }
+
+/// A registry that restarted empty knows no subject: an operator command registers the
+/// schemas it writes with before its first record, so it still works (the chaos run
+/// once waited forever on a `quire cancel` failing with "subject not found").
+#[test]
+fn operator_commands_work_after_the_registry_restarted_empty() {
+    let stack = Stack::start();
+    let pipeline = Pipeline::new(&stack, "transactional");
+    quire(&["stack", "restart", "--dir", &stack.dir.path().to_string_lossy(), "registry"], &Default::default()).expect("registry restart");
+    let out = stdout(&pipeline, &["cancel", "never-published", "--reason", "after a registry restart"]);
+    assert!(out.contains("dataset never-published canceled"), "{out}");
+}
