@@ -245,9 +245,9 @@ fn bench_runs_a_small_dataset_and_prints_its_figures() {
         "quire, transactional ",
         "quire, idempotent ",
         "quire, transactional, paced at",
-        "claimer   alone on a backlog",
-        "inference alone on a backlog",
-        "validator alone on a backlog",
+        "claimer   alone",
+        "inference alone",
+        "validator alone",
         "watchdog while Quire ran",
         "claimer start with      500 records",
     ];

@@ -98,6 +98,13 @@ fn quantile(sorted: &[i64], q: f64) -> i64 {
 
 /// Bytes of a block in the raw chain: about what one synthetic paragraph is.
 const RAW_RECORD_BYTES: usize = 400;
+/// How many times Quire's documents the plain chain moves: it is so fast that with as
+/// few it would be over before it had a middle to measure.
+const PLAIN_SCALE: usize = 25;
+/// How many times Quire's documents a stage or a hop alone, and the transactional chain,
+/// work through: enough transactions (of up to `--max-batch` inputs each) for the middle
+/// of a run to be measured.
+const LAYER_SCALE: usize = 5;
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut pipeline = LocalPipeline::start_stack(&args.dir, args.broker_port, args.registry_port).await?;
@@ -124,8 +131,8 @@ struct Figures {
     raw_transactional: Vec<ChainRun>,
     quire: Vec<(String, Vec<QuireRun>)>,
     paced: Option<(f64, QuireRun)>,
-    /// (stage, its blocks/s alone, the matching raw hop's records/s alone).
-    layers: Vec<(&'static str, f64, f64)>,
+    /// (stage, its blocks/s alone, the matching raw hop's records/s alone: transactional, plain).
+    layers: Vec<(&'static str, f64, f64, f64)>,
     watchdog: Option<ProcessFigures>,
     /// (records on the outputs, start → first output).
     restarts: Vec<(usize, Duration)>,
@@ -134,15 +141,15 @@ struct Figures {
 /// One dataset through Quire: blocks, first submitted → last completed, latencies.
 #[derive(Clone)]
 struct QuireRun {
-    blocks: usize,
     published: Duration,
-    span: Duration,
+    /// When each block completed, by the validator's clock.
+    completed_at_ms: Vec<i64>,
     latencies_ms: Vec<i64>,
 }
 
 impl QuireRun {
     fn per_second(&self) -> f64 {
-        self.blocks as f64 / self.span.as_secs_f64().max(1e-9)
+        raw_chain::sustained_rate(self.completed_at_ms.iter().map(|&ms| ms as f64 / 1000.0).collect())
     }
     fn latency(&self, q: f64) -> i64 {
         quantile(&self.latencies_ms, q)
@@ -167,11 +174,13 @@ async fn measure(args: &Args, pipeline: &mut LocalPipeline) -> anyhow::Result<Fi
         transactions: None,
     };
     let longest = Duration::from_secs(args.timeout);
+    // Enough transactions (of up to --max-batch inputs) for the middle of a run to be measured.
+    let transactional_chain = Chain { transactions: Some(settings), documents: chain.documents * LAYER_SCALE, ..chain.clone() };
+    let chain = Chain { documents: chain.documents * PLAIN_SCALE, ..chain };
     for run in 1..=args.runs {
         println!("raw chain, plain, run {run}");
         figures.raw_plain.push(chain.run(longest).await?);
     }
-    let transactional_chain = Chain { transactions: Some(settings), ..chain.clone() };
     for run in 1..=args.runs {
         println!("raw chain, transactional, run {run}");
         figures.raw_transactional.push(transactional_chain.run(longest).await?);
@@ -207,7 +216,8 @@ async fn measure(args: &Args, pipeline: &mut LocalPipeline) -> anyhow::Result<Fi
     }
 
     println!("each stage alone, then each raw hop alone, on a backlog");
-    figures.layers = layers(args, pipeline, &chain, longest).await?;
+    let plain_layer = Chain { documents: args.documents as usize * LAYER_SCALE, ..chain.clone() };
+    figures.layers = layers(args, pipeline, &plain_layer, &transactional_chain, longest).await?;
     for &records in &args.restart_records {
         println!("claimer restart with {records} records on its output topics");
         figures.restarts.push((records, restart(args, pipeline, records).await?));
@@ -241,9 +251,7 @@ async fn quire_run(args: &Args, kafka: &KafkaArgs, documents_per_second: Option<
     let completed: Vec<&ValidatedResult> = completed.iter().filter(|r| r.dataset_id == dataset).collect();
     let mut latencies_ms: Vec<i64> = completed.iter().filter_map(|r| Some(r.completed_at_ms - submitted.get(r.document_id.as_str())?)).collect();
     latencies_ms.sort_unstable();
-    let first = records.iter().map(|r| r.submitted_at_ms).min().unwrap_or_default();
-    let last = completed.iter().map(|r| r.completed_at_ms).max().unwrap_or(first);
-    Ok(QuireRun { blocks: report.blocks_expected, published, span: Duration::from_millis((last - first).max(1) as u64), latencies_ms })
+    Ok(QuireRun { published, completed_at_ms: completed.iter().map(|r| r.completed_at_ms).collect(), latencies_ms })
 }
 
 fn bench_submissions(args: &Args, kafka: &KafkaArgs, dataset: &str, count: usize, paragraphs: usize) -> anyhow::Result<Vec<DatasetSubmission>> {
@@ -268,11 +276,11 @@ async fn fresh_deployment(kafka: &KafkaArgs, name: &str) -> anyhow::Result<Kafka
 }
 
 /// Each stage alone on a backlog of its input, against one raw hop alone on the same.
-async fn layers(args: &Args, pipeline: &mut LocalPipeline, chain: &Chain, longest: Duration) -> anyhow::Result<Vec<(&'static str, f64, f64)>> {
+async fn layers(args: &Args, pipeline: &mut LocalPipeline, plain: &Chain, transactional: &Chain, longest: Duration) -> anyhow::Result<Vec<(&'static str, f64, f64, f64)>> {
     let kafka = fresh_deployment(&pipeline.kafka, "layers").await?;
     let names = TopicNames::new(&kafka.topic_prefix);
     let dataset = format!("bench-layers-{:08x}", rand::random::<u32>());
-    let records = bench_submissions(args, &kafka, &dataset, args.documents as usize, args.paragraphs as usize)?;
+    let records = bench_submissions(args, &kafka, &dataset, args.documents as usize * LAYER_SCALE, args.paragraphs as usize)?;
     publish(&kafka, &records, true).await?;
     let blocks = records.len() * args.paragraphs as usize;
     let env = [("QUIRE_ENGINE", args.engine.as_str()), ("QUIRE_TOPIC_PREFIX", kafka.topic_prefix.as_str())];
@@ -283,14 +291,20 @@ async fn layers(args: &Args, pipeline: &mut LocalPipeline, chain: &Chain, longes
         pipeline.start_services(&[&format!("quire-{stage}")], &env)?;
         let arrivals = wait_for(counter, longest).await;
         pipeline.stop_services();
-        anyhow::ensure!(arrivals.count >= blocks, "{stage} alone wrote {} of {blocks} records within {longest:?}", arrivals.count);
+        anyhow::ensure!(arrivals.count() >= blocks, "{stage} alone wrote {} of {blocks} records within {longest:?}", arrivals.count());
         alone.push(arrivals.per_second());
     }
-    let hops = {
+    let mut hops = Vec::new();
+    for chain in [transactional, plain] {
         let chain = chain.clone();
-        tokio::task::spawn_blocking(move || chain.hops_one_at_a_time(longest)).await??
-    };
-    Ok(stages.iter().zip(alone).zip(hops).map(|(((stage, _), quire), raw)| (*stage, quire, raw.per_second())).collect())
+        hops.push(tokio::task::spawn_blocking(move || chain.hops_one_at_a_time(longest)).await??);
+    }
+    Ok(stages
+        .iter()
+        .zip(alone)
+        .enumerate()
+        .map(|(hop, ((stage, _), quire))| (*stage, quire, hops[0][hop].per_second(), hops[1][hop].per_second()))
+        .collect())
 }
 
 /// Waits until `counter` has every record or `longest` passed.
@@ -318,7 +332,7 @@ async fn restart(args: &Args, pipeline: &mut LocalPipeline, records: usize) -> a
     pipeline.start_services(&["quire-claimer"], &[("QUIRE_TOPIC_PREFIX", kafka.topic_prefix.as_str())])?;
     let arrivals = wait_for(counter, Duration::from_secs(args.timeout)).await;
     pipeline.stop_services();
-    let first = arrivals.first.ok_or_else(|| anyhow::anyhow!("the claimer wrote nothing within {}s of starting", args.timeout))?;
+    let first = arrivals.first().ok_or_else(|| anyhow::anyhow!("the claimer wrote nothing within {}s of starting", args.timeout))?;
     Ok(first - started)
 }
 
@@ -400,11 +414,21 @@ impl Figures {
         let _ = writeln!(out, "quire bench on {} (a local nisshi broker, memory storage)", machine());
         let _ = writeln!(
             out,
-            "{} documents × {} blocks of ~{RAW_RECORD_BYTES} bytes, engine {}, transactions of up to {} inputs / {} ms, median of {} runs",
+            "{} documents × {} blocks of ~{RAW_RECORD_BYTES} bytes, engine {}, transactions of up to {} inputs / {} ms; rates are medians of {} runs, each over its middle 80 % of records",
             args.documents, args.paragraphs, args.engine, args.max_batch, args.commit_interval_ms, args.runs
         );
-        let _ = writeln!(out, "raw chain, plain              {plain:>9.0} blocks/s   ({})", runs(self.raw_plain.iter().map(ChainRun::per_second).collect()));
-        let _ = writeln!(out, "raw chain, transactional      {transactional:>9.0} blocks/s   ({})", runs(self.raw_transactional.iter().map(ChainRun::per_second).collect()));
+        let _ = writeln!(
+            out,
+            "raw chain, plain              {plain:>9.0} blocks/s   ({}; {} documents, {PLAIN_SCALE}× as many)",
+            runs(self.raw_plain.iter().map(ChainRun::per_second).collect()),
+            args.documents as usize * PLAIN_SCALE
+        );
+        let _ = writeln!(
+            out,
+            "raw chain, transactional      {transactional:>9.0} blocks/s   ({}; {} documents, {LAYER_SCALE}× as many)",
+            runs(self.raw_transactional.iter().map(ChainRun::per_second).collect()),
+            args.documents as usize * LAYER_SCALE
+        );
         for (mode, quire_runs) in &self.quire {
             let rate = median(quire_runs.iter().map(QuireRun::per_second).collect());
             let _ = writeln!(
@@ -434,8 +458,14 @@ impl Figures {
                 paced.latency(1.0)
             );
         }
-        for (stage, quire, raw) in &self.layers {
-            let _ = writeln!(out, "{stage:<9} alone on a backlog {quire:>9.0} blocks/s vs one raw hop {raw:>9.0} records/s ({:.0} %)", 100.0 * quire / raw);
+        for (stage, quire, transactional, plain) in &self.layers {
+            let _ = writeln!(
+                out,
+                "{stage:<9} alone {quire:>9.0} blocks/s on a backlog of {}; one raw hop alone: transactional {transactional:.0} records/s ({:.0} %), plain {plain:.0} ({:.1} %)",
+                args.documents as usize * LAYER_SCALE * args.paragraphs as usize,
+                100.0 * quire / transactional,
+                100.0 * quire / plain
+            );
         }
         if let Some(watchdog) = &self.watchdog {
             let _ = writeln!(
@@ -455,6 +485,18 @@ impl Figures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sustained_rate_leaves_out_start_up_and_drain() {
+        // 100 records one per 10 ms, after a 5 s start-up and before a 5 s drain.
+        let mut times: Vec<f64> = (0..100).map(|n| 5.0 + n as f64 * 0.01).collect();
+        times[0] = 0.0;
+        times[99] = 15.0;
+        let rate = raw_chain::sustained_rate(times);
+        assert!((rate - 100.0).abs() < 1.0, "{rate}");
+        assert_eq!(raw_chain::sustained_rate(vec![1.0, 1.0, 1.0]), 0.0);
+        assert_eq!(raw_chain::sustained_rate(vec![0.0, 1.0]), 1.0);
+    }
 
     #[test]
     fn medians_take_the_middle_run() {

@@ -36,18 +36,33 @@ pub struct Chain {
     pub transactions: Option<CommitSettings>,
 }
 
-/// Records through the chain, and the time from the first document published to the
-/// last record read by the sink.
-#[derive(Debug, Clone, Copy)]
+/// What the sink of one chain run saw.
+#[derive(Debug, Clone)]
 pub struct ChainRun {
-    pub records: usize,
-    pub elapsed: Duration,
+    pub arrivals: Arrivals,
 }
 
 impl ChainRun {
     pub fn per_second(&self) -> f64 {
-        self.records as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.arrivals.per_second()
     }
+}
+
+/// Records per second in the middle of a run, between the 10th and the 90th percentile
+/// of their arrival times (seconds from any origin), so that neither start-up nor the
+/// drain of the last records counts; the whole span if the middle has no width.
+pub fn sustained_rate(mut seconds: Vec<f64>) -> f64 {
+    seconds.sort_by(f64::total_cmp);
+    let n = seconds.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let (low, high) = (n / 10, n - 1 - n / 10);
+    let rate = |from: usize, to: usize| {
+        let span = seconds[to] - seconds[from];
+        (span > 0.0).then(|| (to - from) as f64 / span)
+    };
+    rate(low, high).or_else(|| rate(0, n - 1)).unwrap_or(0.0)
 }
 
 const HOPS: usize = 3;
@@ -94,9 +109,8 @@ impl Chain {
         while ready.load(Ordering::SeqCst) < HOPS && Instant::now() < joined && hops.iter().all(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let started = Instant::now();
         let published = self.publish(&topics[0]);
-        let deadline = started + longest;
+        let deadline = Instant::now() + longest;
         while !sink.is_done() && Instant::now() < deadline && hops.iter().all(|h| !h.is_finished()) {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -106,8 +120,8 @@ impl Chain {
             hop.join().map_err(|_| anyhow::anyhow!("a hop panicked"))??;
         }
         published?;
-        anyhow::ensure!(arrivals.count >= expected, "the raw chain moved {} of {expected} records within {longest:?}", arrivals.count);
-        Ok(ChainRun { records: arrivals.count, elapsed: arrivals.last.unwrap_or_else(Instant::now) - started })
+        anyhow::ensure!(arrivals.count() >= expected, "the raw chain moved {} of {expected} records within {longest:?}", arrivals.count());
+        Ok(ChainRun { arrivals })
     }
 
     /// Runs the hops one after another on topics of their own, each alone on the backlog
@@ -138,7 +152,7 @@ impl Chain {
             stop.store(true, Ordering::SeqCst);
             let arrivals = counter.finish();
             thread.join().map_err(|_| anyhow::anyhow!("a hop panicked"))??;
-            anyhow::ensure!(arrivals.count >= expected, "raw hop {hop} alone wrote {} of {expected} records within {longest:?}", arrivals.count);
+            anyhow::ensure!(arrivals.count() >= expected, "raw hop {hop} alone wrote {} of {expected} records within {longest:?}", arrivals.count());
             written.push(arrivals);
         }
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -243,21 +257,25 @@ pub enum From {
     Offsets(std::collections::HashMap<i32, i64>),
 }
 
-/// What an [`ArrivalCounter`] saw: how many records, when the first and the last came.
-#[derive(Debug, Clone, Copy, Default)]
+/// What an [`ArrivalCounter`] saw: when each record came.
+#[derive(Debug, Clone, Default)]
 pub struct Arrivals {
-    pub count: usize,
-    pub first: Option<Instant>,
-    pub last: Option<Instant>,
+    pub times: Vec<Instant>,
 }
 
 impl Arrivals {
-    /// Records per second from the first arrival to the last.
+    pub fn count(&self) -> usize {
+        self.times.len()
+    }
+
+    pub fn first(&self) -> Option<Instant> {
+        self.times.first().copied()
+    }
+
+    /// The sustained rate of the arrivals ([`sustained_rate`]).
     pub fn per_second(&self) -> f64 {
-        match (self.first, self.last) {
-            (Some(first), Some(last)) if last > first => self.count.saturating_sub(1) as f64 / (last - first).as_secs_f64(),
-            _ => 0.0,
-        }
+        let Some(first) = self.first() else { return 0.0 };
+        sustained_rate(self.times.iter().map(|t| (*t - first).as_secs_f64()).collect())
     }
 }
 
@@ -292,13 +310,10 @@ impl ArrivalCounter {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            let mut arrivals = Arrivals::default();
-            while !stop_flag.load(Ordering::SeqCst) && arrivals.count < expected {
+            let mut arrivals = Arrivals { times: Vec::with_capacity(expected) };
+            while !stop_flag.load(Ordering::SeqCst) && arrivals.count() < expected {
                 if let Some(Ok(_)) = consumer.poll(Duration::from_millis(5)) {
-                    let now = Instant::now();
-                    arrivals.first.get_or_insert(now);
-                    arrivals.last = Some(now);
-                    arrivals.count += 1;
+                    arrivals.times.push(Instant::now());
                 }
             }
             arrivals
