@@ -159,3 +159,28 @@ fn operator_commands_work_after_the_registry_restarted_empty() {
     let out = stdout(&pipeline, &["cancel", "never-published", "--reason", "after a registry restart"]);
     assert!(out.contains("dataset never-published canceled"), "{out}");
 }
+
+/// A cancellation cannot be undone, so a record on the control topic that is not a
+/// `DatasetControl` asking to cancel its key's dataset cancels nothing: garbage, an
+/// empty value and another dataset's cancel under this key are ignored (and logged).
+#[test]
+fn malformed_control_records_cancel_nothing() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, "transactional");
+    let control = TopicNames::new(&pipeline.prefix).control();
+    let producer: BaseProducer = stack.rdkafka_config().create().expect("producer");
+    for value in [&b"\x00\x00\x00\x00\x01garbage"[..], b"", b"not even the wire format"] {
+        producer.send(BaseRecord::to(&control).key("victim").payload(value)).expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    pipeline.start_all();
+    let data = write_dataset(stack.dir.path(), "victim", 4, 2);
+    pipeline.publish(&data, "victim").expect("publish");
+    let (sound, report) = pipeline.verify("victim", WAIT).expect("verify");
+    assert!(sound, "{report}\n{}", pipeline.logs());
+    assert_eq!(report_field(&report, "canceled"), 0, "{report}");
+    assert_eq!(report_field(&report, "completed_once"), report_field(&report, "blocks_expected"), "{report}");
+    let claimer_log = pipeline.service("quire-claimer").log_text();
+    assert!(claimer_log.contains("control record ignored"), "the claimer says why it ignored them");
+}
