@@ -44,6 +44,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
+/// Longest a stage's fetch waits at the broker when there is nothing to read.
+const FETCH_WAIT_MAX_MS: u64 = 50;
+
 /// One consumed record, owned.
 #[derive(Debug, Clone)]
 pub struct Input {
@@ -891,6 +894,11 @@ fn run_blocking<S: Stage>(
         .set("enable.partition.eof", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
+        // How long a fetch that finds nothing may wait at the broker. The local broker
+        // answers when this runs out rather than when records arrive, so librdkafka's
+        // 500 ms default delayed each stage's pickup (measured at low load: a block
+        // reached the next stage 115 ms after the last instead of 135-215 ms).
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
         .set("session.timeout.ms", crate::config::SESSION_TIMEOUT_MS.to_string())
         .set("heartbeat.interval.ms", crate::config::CONSUMER_HEARTBEAT_INTERVAL_MS.to_string())
         .create_with_context(LoopContext { core: core.clone() })?;
