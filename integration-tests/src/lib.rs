@@ -36,8 +36,17 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// A port free now and never handed out before by this process: the kernel may offer a
+/// just-released port again, and a service started with it may not have bound it yet
+/// (two services once got the same metrics port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> = std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        if HANDED_OUT.lock().expect("ports lock").insert(port) {
+            return port;
+        }
+    }
 }
 
 /// A random name part, so tests never share topics or groups.
