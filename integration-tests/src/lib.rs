@@ -35,8 +35,7 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1.
-/// A port free now and never handed out before by this process: the kernel may offer a
+/// A TCP port on 127.0.0.1 free now and never handed out before by this process: the kernel may offer a
 /// just-released port again, and a service started with it may not have bound it yet
 /// (two services once got the same metrics port).
 pub fn free_port() -> u16 {

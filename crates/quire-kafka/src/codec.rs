@@ -235,7 +235,7 @@ impl Codec {
     /// Decodes a Confluent wire-format value into `T`.
     pub async fn decode<T: DeserializeOwned>(&self, bytes: Option<&[u8]>) -> Result<T> {
         let bytes = bytes.ok_or_else(|| Error::Decode("record has no value".into()))?;
-        if bytes.first() != Some(&0) || bytes.len() < 5 {
+        if !is_wire_format(bytes) {
             return Err(Error::Decode("value is not in the Confluent wire format (magic byte 0, schema id)".into()));
         }
         let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
@@ -250,6 +250,11 @@ impl Codec {
             Error::Decode(format!("wrong schema: value written with schema id {id} ({written}), which does not read as quire.{wanted}: {e}"))
         })
     }
+}
+
+/// The Confluent wire format: magic byte 0, a four-byte schema id, then the value.
+pub fn is_wire_format(bytes: &[u8]) -> bool {
+    bytes.len() >= 5 && bytes[0] == 0
 }
 
 impl std::fmt::Debug for Codec {

@@ -100,7 +100,7 @@ fn effect_key(record: &Input, group: &str) -> Option<String> {
                 return None;
             }
         }
-    } else if !record.payload.as_deref().is_some_and(is_wire_format) {
+    } else if !record.payload.as_deref().is_some_and(crate::codec::is_wire_format) {
         return None;
     }
     if position.is_some() && kafka_key.as_deref() != Some(key.as_str()) {
@@ -115,11 +115,6 @@ fn parse_position(key: &str) -> Option<(&str, i32, i64)> {
     let offset = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
     Some((parts.next().filter(|t| !t.is_empty())?, partition, offset))
-}
-
-/// The Confluent wire format: magic byte 0, a four-byte schema id, then the value.
-fn is_wire_format(payload: &[u8]) -> bool {
-    payload.len() >= 5 && payload[0] == 0
 }
 
 #[cfg(test)]

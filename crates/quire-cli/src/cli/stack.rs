@@ -284,26 +284,26 @@ pub async fn restart(args: &RestartArgs) -> anyhow::Result<StackState> {
     // The port may still be held for a while by connections of the stopped program
     // (TIME_WAIT, for a program that binds without SO_REUSEADDR): start it again until
     // it binds.
+    let log = dir.join(match args.program {
+        Program::Broker => "broker.log",
+        Program::Registry => "registry.log",
+    });
     let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
+    let pid = loop {
         let pid = match args.program {
             Program::Broker => spawn_broker(&dir, port_of(&state.bootstrap_servers)?, state.storage)?,
             Program::Registry => spawn_registry(&dir, port_of(&state.schema_registry_url)?)?,
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let log = dir.join(match args.program {
-            Program::Broker => "broker.log",
-            Program::Registry => "registry.log",
-        });
         let port_busy = !alive(pid) && std::fs::read_to_string(&log).is_ok_and(|text| text.contains("Address already in use"));
         if !port_busy || Instant::now() > deadline {
-            match args.program {
-                Program::Broker => state.broker_pid = pid,
-                Program::Registry => state.registry_pid = pid,
-            }
-            break;
+            break pid;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    match args.program {
+        Program::Broker => state.broker_pid = pid,
+        Program::Registry => state.registry_pid = pid,
     }
     std::fs::write(state_path(&dir), serde_json::to_string_pretty(&state)?)?;
     wait_until_answering(&dir, &state).await?;

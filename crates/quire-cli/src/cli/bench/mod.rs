@@ -296,8 +296,7 @@ async fn layers(args: &Args, pipeline: &mut LocalPipeline, plain: &Chain, transa
     }
     let mut hops = Vec::new();
     for chain in [transactional, plain] {
-        let chain = chain.clone();
-        hops.push(tokio::task::spawn_blocking(move || chain.hops_one_at_a_time(longest)).await??);
+        hops.push(chain.hops_one_at_a_time(longest).await?);
     }
     Ok(stages
         .iter()

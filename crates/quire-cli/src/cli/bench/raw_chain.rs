@@ -75,9 +75,14 @@ impl Chain {
         config
     }
 
-    /// Runs the chain once on topics of its own and measures it.
-    pub async fn run(&self, longest: Duration) -> anyhow::Result<ChainRun> {
-        let prefix = format!("bench-raw-{:08x}", rand::random::<u32>());
+    /// Runs `work` (on a blocking thread) with this chain and topics of its own, named
+    /// under a fresh prefix, created before and deleted after.
+    async fn on_own_topics<T: Send + 'static>(
+        &self,
+        name: &str,
+        work: impl FnOnce(Chain, String, Vec<String>) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let prefix = format!("{name}-{:08x}", rand::random::<u32>());
         let topics: Vec<String> = (0..=HOPS).map(|n| format!("{prefix}.t{n}")).collect();
         let admin: AdminClient<DefaultClientContext> = self.config().create()?;
         let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(1))).collect();
@@ -85,24 +90,31 @@ impl Chain {
             result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
         }
         let (chain, hop_topics) = (self.clone(), topics.clone());
-        let outcome = tokio::task::spawn_blocking(move || chain.run_on(&prefix, &hop_topics, longest)).await?;
-        let names: Vec<&str> = new_topics.iter().map(|t| t.name).collect();
+        let outcome = tokio::task::spawn_blocking(move || work(chain, prefix, hop_topics)).await?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
         outcome
+    }
+
+    /// Starts hop `hop` (from `topics[hop]` to the next) in a thread of its own.
+    fn spawn_hop(&self, prefix: &str, topics: &[String], hop: usize, stop: &Arc<AtomicBool>, ready: &Arc<AtomicUsize>) -> JoinHandle<anyhow::Result<()>> {
+        let (chain, stop, ready) = (self.clone(), stop.clone(), ready.clone());
+        let (from, to) = (topics[hop].clone(), topics[hop + 1].clone());
+        let fan_out = if hop == 0 { self.records_per_document } else { 1 };
+        let group = format!("{prefix}-hop{hop}");
+        std::thread::spawn(move || chain.hop(&group, &from, &to, fan_out, &stop, &ready))
+    }
+
+    /// Runs the chain once on topics of its own and measures it.
+    pub async fn run(&self, longest: Duration) -> anyhow::Result<ChainRun> {
+        self.on_own_topics("bench-raw", move |chain, prefix, topics| chain.run_on(&prefix, &topics, longest)).await
     }
 
     fn run_on(&self, prefix: &str, topics: &[String], longest: Duration) -> anyhow::Result<ChainRun> {
         let expected = self.documents * self.records_per_document;
         let stop = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicUsize::new(0));
-        let mut hops: Vec<JoinHandle<anyhow::Result<()>>> = Vec::new();
-        for hop in 0..HOPS {
-            let (chain, stop, ready) = (self.clone(), stop.clone(), ready.clone());
-            let (from, to) = (topics[hop].clone(), topics[hop + 1].clone());
-            let fan_out = if hop == 0 { self.records_per_document } else { 1 };
-            let group = format!("{prefix}-hop{hop}");
-            hops.push(std::thread::spawn(move || chain.hop(&group, &from, &to, fan_out, &stop, &ready)));
-        }
+        let hops: Vec<JoinHandle<anyhow::Result<()>>> = (0..HOPS).map(|hop| self.spawn_hop(prefix, topics, hop, &stop, &ready)).collect();
         let sink = ArrivalCounter::start(&self.bootstrap_servers, &topics[HOPS], expected, From::Start)?;
         // Timed from the first document, once every hop has its partitions.
         let joined = Instant::now() + TIMEOUT;
@@ -126,25 +138,18 @@ impl Chain {
 
     /// Runs the hops one after another on topics of their own, each alone on the backlog
     /// the one before it left, and returns what each wrote.
-    pub fn hops_one_at_a_time(&self, longest: Duration) -> anyhow::Result<Vec<Arrivals>> {
-        let prefix = format!("bench-raw-hops-{:08x}", rand::random::<u32>());
-        let topics: Vec<String> = (0..=HOPS).map(|n| format!("{prefix}.t{n}")).collect();
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let admin: AdminClient<DefaultClientContext> = self.config().create()?;
-        let new_topics: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, self.partitions, TopicReplication::Fixed(1))).collect();
-        for result in runtime.block_on(admin.create_topics(&new_topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))))? {
-            result.map_err(|(topic, code)| anyhow::anyhow!("creating {topic}: {code}"))?;
-        }
+    pub async fn hops_one_at_a_time(&self, longest: Duration) -> anyhow::Result<Vec<Arrivals>> {
+        self.on_own_topics("bench-raw-hops", move |chain, prefix, topics| chain.hops_on(&prefix, &topics, longest)).await
+    }
+
+    fn hops_on(&self, prefix: &str, topics: &[String], longest: Duration) -> anyhow::Result<Vec<Arrivals>> {
         self.publish(&topics[0])?;
         let expected = self.documents * self.records_per_document;
         let mut written = Vec::new();
         for hop in 0..HOPS {
             let counter = ArrivalCounter::start(&self.bootstrap_servers, &topics[hop + 1], expected, From::Start)?;
             let stop = Arc::new(AtomicBool::new(false));
-            let (chain, flag, from, to) = (self.clone(), stop.clone(), topics[hop].clone(), topics[hop + 1].clone());
-            let fan_out = if hop == 0 { self.records_per_document } else { 1 };
-            let group = format!("{prefix}-hop{hop}");
-            let thread = std::thread::spawn(move || chain.hop(&group, &from, &to, fan_out, &flag, &AtomicUsize::new(0)));
+            let thread = self.spawn_hop(prefix, topics, hop, &stop, &Arc::new(AtomicUsize::new(0)));
             let deadline = Instant::now() + longest;
             while !counter.is_done() && !thread.is_finished() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -155,8 +160,6 @@ impl Chain {
             anyhow::ensure!(arrivals.count() >= expected, "raw hop {hop} alone wrote {} of {expected} records within {longest:?}", arrivals.count());
             written.push(arrivals);
         }
-        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-        let _ = runtime.block_on(admin.delete_topics(&names, &AdminOptions::new()));
         Ok(written)
     }
 
