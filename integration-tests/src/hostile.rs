@@ -8,7 +8,7 @@
 //! report and the documents it built. It reads the quarantine and the completed topic,
 //! and never calls Quire's splitter, ids or verify.
 
-use crate::{eventually, Pipeline, Stack};
+use crate::{eventually, Pipeline, Service, Stack};
 use quire_core::records::{Block, DatasetSubmission, QuarantineRecord, ValidatedResult};
 use quire_kafka::config::TopicNames;
 use quire_kafka::Codec;
@@ -110,7 +110,8 @@ pub struct Report {
     /// Tiny documents neither completed once nor quarantined.
     pub tiny_unaccounted: usize,
     pub duplicate_keys_completed: usize,
-    pub crashes: usize,
+    /// Services that exited, each with why.
+    pub crashes: Vec<String>,
     pub max_partition_stall: Duration,
     pub stalled_partition: String,
     pub wall: Duration,
@@ -132,8 +133,8 @@ impl Report {
         if self.duplicate_keys_completed != 1 {
             problems.push(format!("a document sent twice under one key with different texts completed {} times", self.duplicate_keys_completed));
         }
-        if self.crashes > 0 {
-            problems.push(format!("{} service(s) exited", self.crashes));
+        if !self.crashes.is_empty() {
+            problems.push(format!("{} service(s) exited: {:?}", self.crashes.len(), self.crashes));
         }
         if self.max_partition_stall > max_stall {
             problems.push(format!("{} stalled for {:?}", self.stalled_partition, self.max_partition_stall));
@@ -151,7 +152,7 @@ impl Report {
         println!("hostile misfiled:             {}", self.misfiled.len());
         println!("hostile good documents:       {} ({} completed once)", self.good_documents, self.good_completed_once);
         println!("hostile tiny documents:       {} ({} unaccounted)", self.tiny_documents, self.tiny_unaccounted);
-        println!("hostile crashes:              {}", self.crashes);
+        println!("hostile crashes:              {}", self.crashes.len());
         println!("hostile max partition stall:  {:.1} s ({})", self.max_partition_stall.as_secs_f64(), self.stalled_partition);
         println!("hostile wall time:            {:.1} s", self.wall.as_secs_f64());
     }
@@ -578,6 +579,10 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
     let expected_completions = good.len() + 1;
     let outcome = eventually(Duration::from_secs(600), "every bad record quarantined and every good document completed", || {
         std::thread::sleep(Duration::from_secs(1));
+        // A service that exited would be waited for in vain.
+        if pipeline.services.iter_mut().any(|s| !s.running()) {
+            return Some(());
+        }
         tally.update(&codec, &runtime);
         let done = bad.iter().all(|(r, (p, o))| tally.filed.contains_key(&(r.topic.clone(), *p, *o)));
         let good_done = tally.completions.iter().filter(|((dataset, _), _)| dataset != TINY_DATASET).map(|(_, n)| n).sum::<usize>() >= expected_completions;
@@ -606,7 +611,7 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
     report.duplicate_keys_completed = tally.completions.get(&("hostile-twins".to_owned(), "twin".to_owned())).copied().unwrap_or(0);
     report.tiny_unaccounted = config.tiny_documents.saturating_sub(tally.tiny_completed_once() + tally.tiny_quarantined.len());
     *report.quarantined_by_cause.entry("(tiny documents)".into()).or_default() += tally.tiny_quarantined.len();
-    report.crashes = pipeline.services.iter_mut().map(|s| s.running()).filter(|running| !running).count();
+    report.crashes = pipeline.services.iter_mut().filter_map(Service::exit_reason).collect();
     report.max_partition_stall = max_stall;
     report.stalled_partition = stalled_partition;
     report.wall = started.elapsed();

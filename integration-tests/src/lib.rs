@@ -216,6 +216,14 @@ impl Service {
         metric(self.metrics_port?, name, labels)
     }
 
+    /// Why the process ended, if it has: its exit status and the last error it logged.
+    pub fn exit_reason(&mut self) -> Option<String> {
+        let status = self.child.try_wait().ok()??;
+        let log = self.log_text();
+        let last_error = log.lines().rev().find(|l| l.contains("ERROR") || l.contains("panicked")).unwrap_or("(no error logged)").to_owned();
+        Some(format!("{} exited ({status}): {last_error}", self.name))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -431,6 +439,42 @@ pub fn read_decoded<T: serde::de::DeserializeOwned>(stack: &Stack, prefix: &str,
         .iter()
         .map(|p| runtime.block_on(codec.decode::<T>(p.as_deref())).unwrap_or_else(|e| panic!("record on {topic} does not decode: {e}")))
         .collect()
+}
+
+/// The offsets consumer `group` has committed on the topics under `prefix`.
+pub fn committed_offsets(stack: &Stack, prefix: &str, group: &str) -> HashMap<(String, i32), i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = stack.rdkafka_config().set("group.id", group).create().expect("consumer");
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+    let mut partitions = TopicPartitionList::new();
+    for topic in metadata.topics().iter().filter(|t| t.name().starts_with(prefix)) {
+        for partition in topic.partitions() {
+            partitions.add_partition(topic.name(), partition.id());
+        }
+    }
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10)).expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(next) => Some(((e.topic().to_owned(), e.partition()), next)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Moves consumer `group`'s committed offsets on `partitions` back to 0, as an operator
+/// replaying a stage's input would (the group must have no running member).
+pub fn rewind_group(stack: &Stack, group: &str, partitions: impl IntoIterator<Item = (String, i32)>) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = stack.rdkafka_config().set("group.id", group).create().expect("consumer");
+    let mut offsets = TopicPartitionList::new();
+    for (topic, partition) in partitions {
+        offsets.add_partition_offset(&topic, partition, Offset::Offset(0)).expect("offset");
+    }
+    consumer.commit(&offsets, CommitMode::Sync).expect("rewinding the group's offsets");
 }
 
 /// A numeric field of a `quire verify --json` report.

@@ -3,7 +3,9 @@
 //! Every record of an effect carries the effect's dedup key in its `quire-dedup-key`
 //! header (a block id, a block id with its generation and attempt, or topic/partition/
 //! offset for a record that could not be read), and at least one is on one of the
-//! stage's output topics. Reading those topics back the way downstream consumers
+//! stage's output topics, or, for an effect that is only audit records (a block
+//! canceled where it stood), on the audit topic marked with the stage's group
+//! (`quire-effect-owner`). Reading those topics back the way downstream consumers
 //! read them (`read_committed`) therefore tells exactly which effects downstream can
 //! see: on a broker that leaks records of aborted transactions, a leaked write counts as
 //! done and is not written again; on a broker that hides them, it is redone. The index
@@ -11,8 +13,8 @@
 //!
 //! Those topics are also other stages' inputs, where anyone may write anything, so a
 //! record counts only if this stage could have written it (`effect_key`): a dead letter
-//! must carry Spring's DLT headers naming this stage's group, any other record must be
-//! in the wire format, and a key naming a position must also be the record's Kafka key,
+//! must carry Spring's DLT headers naming this stage's group, an audit record must name
+//! it as its effect's owner, any other record must be in the wire format, and a key naming a position must also be the record's Kafka key,
 //! as it is on every record Quire files under a position. Garbage carrying a copied or
 //! forged `quire-dedup-key` therefore never makes a stage skip a real effect. (A writer
 //! forging all of it on purpose is kept out by ACLs on the topics, not by this index.)
@@ -22,6 +24,7 @@ use crate::processor::Input;
 use crate::reader::TopicReader;
 use crate::config::{KafkaArgs, TopicNames};
 use crate::Result;
+use rdkafka::message::{BorrowedMessage, Headers as _};
 use rdkafka::Message;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -31,14 +34,17 @@ pub struct DedupIndex {
     args: KafkaArgs,
     group: String,
     topics: Vec<String>,
+    audit_topic: String,
     seen: HashSet<String>,
     next_offsets: HashMap<(String, i32), i64>,
 }
 
 impl DedupIndex {
-    /// The index of the stage whose consumer group is `group`, over its output `topics`.
-    pub fn new(args: &KafkaArgs, group: &str, topics: Vec<String>) -> Self {
-        DedupIndex { args: args.clone(), group: group.to_owned(), topics, seen: HashSet::new(), next_offsets: HashMap::new() }
+    /// The index of the stage whose consumer group is `group`, over its output `topics`
+    /// and the `audit_topic` every stage writes its transitions to.
+    pub fn new(args: &KafkaArgs, group: &str, mut topics: Vec<String>, audit_topic: String) -> Self {
+        topics.push(audit_topic.clone());
+        DedupIndex { args: args.clone(), group: group.to_owned(), topics, audit_topic, seen: HashSet::new(), next_offsets: HashMap::new() }
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -73,8 +79,10 @@ impl DedupIndex {
             let next_offsets = &mut self.next_offsets;
             let seen = &mut self.seen;
             let group = &self.group;
+            let audit = *topic == self.audit_topic;
             read += reader.read_to_end(topic, |p| starts.get(&p).copied(), deadline.saturating_duration_since(Instant::now()), |message| {
-                if let Some(key) = effect_key(&Input::from_message(message), group) {
+                let key = if audit { audit_effect_key(message, group) } else { effect_key(&Input::from_message(message), group) };
+                if let Some(key) = key {
                     seen.insert(key);
                 }
                 next_offsets.insert((topic.clone(), message.partition()), message.offset() + 1);
@@ -107,6 +115,16 @@ fn effect_key(record: &Input, group: &str) -> Option<String> {
         return None;
     }
     Some(key)
+}
+
+/// The dedup key of an audit record that alone makes up an effect of `group`'s stage.
+/// Read from the headers first: most audit records belong to no such effect.
+fn audit_effect_key(message: &BorrowedMessage<'_>, group: &str) -> Option<String> {
+    let header = |name: &str| message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value);
+    if header(headers::EFFECT_OWNER)? != group.as_bytes() || !message.payload().is_some_and(crate::codec::is_wire_format) {
+        return None;
+    }
+    String::from_utf8(header(headers::DEDUP_KEY)?.to_vec()).ok()
 }
 
 /// `topic/partition/offset`, the key of an effect filed under a record's position.

@@ -13,9 +13,12 @@ pub const DATASET_ID: &str = "quire-dataset-id";
 pub const DEDUP_KEY: &str = "quire-dedup-key";
 /// When the block first failed (8-byte big-endian epoch ms), carried through retries.
 pub const FIRST_FAILED_AT: &str = "quire-first-failed-at";
-/// W3C trace context (OpenTelemetry messaging conventions).
 /// On a dead letter whose record was too large to carry: the size of the value left out.
 pub const PAYLOAD_OMITTED_BYTES: &str = "quire-payload-omitted-bytes";
+/// On the audit records of an effect that has no other record (a block canceled where
+/// it stood): the consumer group that wrote them, so its dedup index finds the effect.
+pub const EFFECT_OWNER: &str = "quire-effect-owner";
+/// W3C trace context (OpenTelemetry messaging conventions).
 pub const TRACEPARENT: &str = "traceparent";
 pub const TRACESTATE: &str = "tracestate";
 

@@ -502,9 +502,13 @@ impl Core {
                 continue;
             }
             self.begin_if_needed()?;
+            let audit_only = effect.records.iter().all(|record| record.topic == self.audit_topic);
             for record in &effect.records {
                 let mut record = record.clone();
                 headers::set_header(&mut record.headers, headers::DEDUP_KEY, effect.dedup_key.as_bytes().to_vec());
+                if audit_only {
+                    headers::set_header(&mut record.headers, headers::EFFECT_OWNER, self.group.as_bytes().to_vec());
+                }
                 headers::set_header(&mut record.headers, headers::TRACEPARENT, trace.as_bytes().to_vec());
                 if let Some(state) = &tracestate {
                     headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
@@ -865,7 +869,7 @@ fn run_blocking<S: Stage>(
             _ => Error::Kafka(e),
         })?;
     }
-    let mut dedup = DedupIndex::new(&args, &context.group, stage.output_topics());
+    let mut dedup = DedupIndex::new(&args, &context.group, stage.output_topics(), context.names.events());
     let read = dedup.catch_up(CATCH_UP_TIMEOUT)?;
     tracing::info!(stage = stage_name, keys = dedup.len(), records = read, "dedup index built from output topics");
 
