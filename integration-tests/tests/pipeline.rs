@@ -109,6 +109,40 @@ fn stage_killed_mid_run_loses_and_duplicates_nothing_idempotent() {
     survives_sigkill("idempotent");
 }
 
+/// librdkafka fails a producer for good on some broker errors that are not a fencing
+/// (a local broker once answered OUT_OF_ORDER_SEQUENCE_NUMBER under load, and the stage
+/// retried a dead producer forever). Each stage's producer is made to fail that way
+/// after its first committed batch: the stage replaces it, replays the batch and goes
+/// on, without exiting, losing or duplicating anything.
+fn replaces_a_failed_producer(mode: &str) {
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::with_env(&stack, mode, &[("QUIRE_FAULT_FATAL_PRODUCER_AFTER_BATCHES", "1")]);
+    pipeline.start_all();
+    for (dataset, documents) in [("before-fault", 4), ("after-fault", 40)] {
+        let data = write_dataset(stack.dir.path(), dataset, documents, 4);
+        pipeline.publish(&data, dataset).expect("publish");
+        assert_exactly_once(&pipeline, dataset, documents as u64 * 4);
+    }
+    for stage in ["quire-claimer", "quire-inference", "quire-validator"] {
+        let short = stage.trim_start_matches("quire-");
+        let service = pipeline.service(stage);
+        let replaced = service.metric("quire_stage_producers_replaced_total", &[("stage", short)]).unwrap_or_default();
+        assert_eq!(replaced, 1.0, "{stage} replaced its producer {replaced} times:\n{}", tail(&service.log_text(), 30));
+    }
+    let exited: Vec<String> = pipeline.services.iter_mut().filter_map(Service::exit_reason).collect();
+    assert!(exited.is_empty(), "{exited:?}");
+}
+
+#[test]
+fn a_producer_failed_for_good_is_replaced_transactional() {
+    replaces_a_failed_producer("transactional");
+}
+
+#[test]
+fn a_producer_failed_for_good_is_replaced_idempotent() {
+    replaces_a_failed_producer("idempotent");
+}
+
 #[test]
 fn advances_past_poison_message_and_rejects_illegal_transition() {
     let runtime = runtime();

@@ -83,6 +83,12 @@ pub struct KafkaArgs {
     /// its own retry topic `<topic>-retry-<ms>`. Their count bounds the retries.
     #[arg(long, env = "QUIRE_RETRY_DELAYS_MS", default_value = quire_core::retry::DEFAULT_RETRY_DELAYS_MS)]
     pub retry_delays_ms: String,
+
+    /// Fault injection for tests: after this many committed batches, the stage's producer
+    /// is made to fail fatally once (librdkafka's `rd_kafka_test_fatal_error`), as a
+    /// broker that loses its sequence bookkeeping makes it fail. 0: never.
+    #[arg(long, env = "QUIRE_FAULT_FATAL_PRODUCER_AFTER_BATCHES", default_value_t = 0, hide = true)]
+    pub fault_fatal_producer_after_batches: u64,
 }
 
 impl KafkaArgs {

@@ -6,7 +6,8 @@
 //! output and commits every `max_batch` records or `commit_interval`, with the offsets
 //! (last processed + 1) sent inside it. An abortable error aborts, rewinds the consumer
 //! to the batch start and catches the dedup index up; a fenced producer ends the loop
-//! with [`Error::Fenced`] so the process exits and restarts. On revocation the open
+//! with [`Error::Fenced`] so the process exits and restarts, while a producer librdkafka
+//! failed for good for another reason is replaced by a new one in the same abort. On revocation the open
 //! batch is committed (or aborted if that fails) before the partitions go; each input
 //! record's effects are produced whole before the next record is read, so a commit never
 //! covers half a record.
@@ -360,6 +361,11 @@ struct Core {
     instance_id: String,
     mode: DeliveryMode,
     producer: ThreadedProducer<DeliveryContext>,
+    /// Makes the producer again when librdkafka declares it failed for good.
+    producers: ProducerFactory,
+    /// Committed batches, counted for `fault_fatal_producer_after_batches`.
+    batches_committed: u64,
+    fault_fatal_producer_after_batches: u64,
     batch: Batch,
     dedup: DedupIndex,
     needs_catch_up: bool,
@@ -435,9 +441,33 @@ fn classify(error: &KafkaError) -> TxnFailure {
         return TxnFailure::Fenced(error.to_string());
     }
     match error {
-        KafkaError::Transaction(e) if e.is_fatal() => TxnFailure::Fenced(error.to_string()),
+        // Fatal but not a fencing (a broker lost the producer's sequence state, say): the
+        // abort that follows replaces the producer.
+        KafkaError::Transaction(e) if e.is_fatal() => TxnFailure::Abortable(error.to_string()),
         KafkaError::Transaction(e) if e.is_retriable() => TxnFailure::Retriable,
         _ => TxnFailure::Abortable(error.to_string()),
+    }
+}
+
+/// The loop's producer settings, to make it again: librdkafka's answer to a fatal
+/// error that is not a fencing is a new producer instance. In transactional mode the
+/// new one's `init_transactions` (same transactional id) aborts what the old left open.
+struct ProducerFactory {
+    config: rdkafka::ClientConfig,
+    transactional: bool,
+    txn_timeout: Duration,
+}
+
+impl ProducerFactory {
+    fn create(&self) -> Result<ThreadedProducer<DeliveryContext>> {
+        let producer: ThreadedProducer<DeliveryContext> = self.config.create_with_context(DeliveryContext::default())?;
+        if self.transactional {
+            producer.init_transactions(self.txn_timeout).map_err(|e| match classify(&e) {
+                TxnFailure::Fenced(m) => Error::Fenced(m),
+                _ => Error::Kafka(e),
+            })?;
+        }
+        Ok(producer)
     }
 }
 
@@ -459,9 +489,54 @@ impl Core {
         self.txn_timeout.min(Duration::from_secs(10))
     }
 
+    /// librdkafka's fatal error, if the producer has had one: it refuses every call after.
+    fn producer_failed(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.producer.client().fatal_error()
+    }
+
+    /// Replaces a producer that failed fatally, unless it was fenced (a newer instance
+    /// owns the transactional id: the loop must end). Whatever of the batch the broker
+    /// took is found by the catch-up that follows any abort.
+    fn replace_failed_producer(&mut self, code: RDKafkaErrorCode, message: &str) {
+        if FENCED_CODES.contains(&code) {
+            self.fatal = Some(Error::Fenced(message.to_owned()));
+            return;
+        }
+        match self.producers.create() {
+            Ok(producer) => {
+                events::producer_replaced(self.stage, &self.instance_id, code, message);
+                self.producer = producer;
+                self.batch.txn_open = false;
+            }
+            Err(e) => self.fatal = Some(Error::Other(format!("the producer failed ({message}) and could not be made again: {e}"))),
+        }
+    }
+
+    /// Test fault: the producer fails fatally after the configured number of batches.
+    #[allow(unsafe_code)]
+    fn inject_fault(&mut self) {
+        if self.fault_fatal_producer_after_batches > 0 && self.batches_committed == self.fault_fatal_producer_after_batches {
+            self.fault_fatal_producer_after_batches = 0;
+            let reason = std::ffi::CString::new("injected by QUIRE_FAULT_FATAL_PRODUCER_AFTER_BATCHES").expect("no NUL");
+            // SAFETY: the client pointer is valid for the producer's lifetime; the call
+            // only raises librdkafka's fatal-error state (its documented test hook).
+            unsafe {
+                rdkafka::bindings::rd_kafka_test_fatal_error(
+                    self.producer.client().native_ptr(),
+                    rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                    reason.as_ptr(),
+                );
+            }
+        }
+    }
+
     fn begin_if_needed(&mut self) -> Result<()> {
         if self.mode == DeliveryMode::Transactional && !self.batch.txn_open {
             if let Err(e) = self.producer.begin_transaction() {
+                if self.producer_failed().is_some() {
+                    // The abort that follows replaces the producer.
+                    return Err(Error::Other(format!("begin_transaction: {e}")));
+                }
                 // begin only fails when the producer's state is broken: never go on.
                 let fatal = classify(&e).into_fatal().unwrap_or_else(|| Error::Other(format!("begin_transaction: {e}")));
                 let message = fatal.to_string();
@@ -560,6 +635,8 @@ impl Core {
                     self.dedup.insert(key);
                 }
                 self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
+                self.batches_committed += 1;
+                self.inject_fault();
                 Ok(CommitOutcome::Committed)
             }
             Err(TxnFailure::Abortable(reason)) => {
@@ -707,7 +784,9 @@ impl Core {
     /// Abandons the batch: aborts its transaction, if any, and says where to rewind.
     /// If the abort itself fails, `fatal` is set: the loop must end.
     fn abort(&mut self, reason: &str) -> CommitOutcome {
-        if self.batch.txn_open {
+        if let Some((code, message)) = self.producer_failed() {
+            self.replace_failed_producer(code, &message);
+        } else if self.batch.txn_open {
             if let Err(e) = self.producer.abort_transaction(self.timeout()) {
                 tracing::error!(stage = self.stage, error = %e, "abort_transaction failed");
                 self.fatal = Some(
@@ -861,14 +940,13 @@ fn run_blocking<S: Stage>(
             .set("transactional.id", &transactional_id)
             .set("transaction.timeout.ms", args.transaction_timeout_ms.to_string());
     }
-    let producer: ThreadedProducer<DeliveryContext> = producer_config.create_with_context(DeliveryContext::default())?;
     let txn_timeout = Duration::from_millis(args.transaction_timeout_ms);
-    if args.delivery_mode == DeliveryMode::Transactional {
-        producer.init_transactions(txn_timeout).map_err(|e| match classify(&e) {
-            TxnFailure::Fenced(m) => Error::Fenced(m),
-            _ => Error::Kafka(e),
-        })?;
-    }
+    let producers = ProducerFactory {
+        config: producer_config,
+        transactional: args.delivery_mode == DeliveryMode::Transactional,
+        txn_timeout,
+    };
+    let producer = producers.create()?;
     let mut dedup = DedupIndex::new(&args, &context.group, stage.output_topics(), context.names.events());
     let read = dedup.catch_up(CATCH_UP_TIMEOUT)?;
     tracing::info!(stage = stage_name, keys = dedup.len(), records = read, "dedup index built from output topics");
@@ -880,6 +958,9 @@ fn run_blocking<S: Stage>(
         instance_id: args.instance_id.clone(),
         mode: args.delivery_mode,
         producer,
+        producers,
+        batches_committed: 0,
+        fault_fatal_producer_after_batches: args.fault_fatal_producer_after_batches,
         batch: Batch::default(),
         dedup,
         needs_catch_up: false,

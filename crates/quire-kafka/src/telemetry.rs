@@ -31,6 +31,8 @@ pub mod names {
     pub const DEAD_LETTERED: &str = "quire_stage_dead_lettered_total";
     pub const BATCHES_COMMITTED: &str = "quire_stage_batches_committed_total";
     pub const BATCHES_ABORTED: &str = "quire_stage_batches_aborted_total";
+    /// Producers replaced after librdkafka failed them fatally (not fenced).
+    pub const PRODUCERS_REPLACED: &str = "quire_stage_producers_replaced_total";
     pub const ILLEGAL_TRANSITIONS: &str = "quire_illegal_transitions_total";
     pub const QUARANTINED: &str = "quire_quarantined_total";
     pub const RETRIES: &str = "quire_retries_total";
@@ -96,6 +98,12 @@ pub mod events {
     /// A block reached the output, `age_ms` after its document was submitted.
     pub fn block_completed(age_ms: i64) {
         metrics::histogram!(names::END_TO_END_DURATION).record(age_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// librdkafka failed the producer for good (not a fencing); a new one replaced it.
+    pub fn producer_replaced(stage: &'static str, instance_id: &str, code: rdkafka::types::RDKafkaErrorCode, reason: &str) {
+        metrics::counter!(names::PRODUCERS_REPLACED, "stage" => stage).increment(1);
+        tracing::warn!(stage, instance_id, code = ?code, reason, "producer failed fatally; replaced by a new one, batch replayed");
     }
 
     pub fn batch_aborted(stage: &'static str, inputs: usize, reason: &str) {
