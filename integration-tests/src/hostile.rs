@@ -361,7 +361,7 @@ impl StallProbe {
                     (group, topics, consumer)
                 })
                 .collect();
-            let reader = quire_kafka::reader::TopicReader::new(&args).expect("probe reader");
+            let reader = quire_kafka::io::reader::TopicReader::new(&args).expect("probe reader");
             // (group, topic, partition) → (committed offset, since when it stands).
             let mut standing: HashMap<(String, String, i32), (i64, Instant)> = HashMap::new();
             while !stop_flag.load(Ordering::SeqCst) {
@@ -423,7 +423,7 @@ const TINY_DATASET: &str = "hostile-tiny";
 /// What the pipeline has filed so far, read incrementally: each update decodes only the
 /// records written since the last, so a corpus of 100 000 documents is read once.
 struct Tally {
-    reader: quire_kafka::reader::TopicReader,
+    reader: quire_kafka::io::reader::TopicReader,
     quarantine_topic: String,
     completed_topic: String,
     positions: HashMap<String, HashMap<i32, i64>>,
@@ -437,7 +437,7 @@ struct Tally {
 impl Tally {
     fn new(stack: &Stack, prefix: &str, names: &TopicNames) -> Self {
         Tally {
-            reader: quire_kafka::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader"),
+            reader: quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader"),
             quarantine_topic: names.quarantine(),
             completed_topic: names.completed(),
             positions: HashMap::new(),
@@ -479,7 +479,7 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
     let names = TopicNames::new(&pipeline.prefix);
     let codec = Codec::new(&stack.schema_registry_url).expect("codec");
     for (topic, schema) in [(names.ingest(), "DatasetSubmission"), (names.queued(), "Block")] {
-        runtime.block_on(codec.register(&topic, quire_kafka::codec::schema_text(schema).unwrap())).expect("register schema");
+        runtime.block_on(codec.register(&topic, quire_kafka::io::codec::schema_text(schema).unwrap())).expect("register schema");
     }
     let max_record_bytes = quire_kafka::KafkaArgs::default().max_record_bytes;
     let mut corpus = Corpus {

@@ -409,13 +409,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 
 /// Number of records on a topic as a read_committed consumer sees them.
 pub fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {
-    let reader = quire_kafka::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
     reader.read_to_end(topic, |_| None, Duration::from_secs(60), |_| {}).expect("read topic")
 }
 
 /// The `traceparent` header of every record on `topic`, as a read_committed consumer sees them.
 pub fn traceparents(stack: &Stack, prefix: &str, topic: &str) -> Vec<Option<String>> {
-    let reader = quire_kafka::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
     let mut found = Vec::new();
     reader
         .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
@@ -431,7 +431,7 @@ pub fn traceparents(stack: &Stack, prefix: &str, topic: &str) -> Vec<Option<Stri
 pub fn read_decoded<T: serde::de::DeserializeOwned>(stack: &Stack, prefix: &str, topic: &str, runtime: &tokio::runtime::Runtime) -> Vec<T> {
     use rdkafka::Message;
     let args = stack.kafka_args(prefix);
-    let reader = quire_kafka::reader::TopicReader::new(&args).expect("reader");
+    let reader = quire_kafka::io::reader::TopicReader::new(&args).expect("reader");
     let mut payloads = Vec::new();
     reader.read_to_end(topic, |_| None, Duration::from_secs(60), |m| payloads.push(m.payload().map(<[u8]>::to_vec))).expect("read topic");
     let codec = quire_kafka::Codec::new(&args.schema_registry_url).expect("codec");

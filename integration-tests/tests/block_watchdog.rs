@@ -8,9 +8,9 @@ use integration_tests::*;
 use quire_core::records::{QuarantineRecord, StateChange};
 use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
-use quire_kafka::operator::Operator;
-use quire_kafka::processor::Input;
-use quire_kafka::reader::TopicReader;
+use quire_kafka::ops::Operator;
+use quire_kafka::record::Input;
+use quire_kafka::io::reader::TopicReader;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -116,7 +116,7 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     assert!(redrive.reason.as_deref().unwrap_or_default().starts_with("stalled: in PROCESSING for"), "{redrive:?}");
     let requeued = queued_records(&pipeline, &mut positions, 1);
     assert_eq!((block_id(&requeued[0]), requeued.len()), (block.clone(), 1), "one new generation on the queue");
-    let trace = |record: &Input| quire_kafka::headers::trace_id(&record.headers);
+    let trace = |record: &Input| quire_kafka::record::headers::trace_id(&record.headers);
     assert!(trace(&requeued[0]).is_some() && trace(&requeued[0]) == trace(&queued[0]), "the re-drive continues the block's trace");
 
     pipeline.start("quire-inference", "0");
@@ -130,7 +130,7 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     assert_eq!(last.to_state, BlockState::Completed, "{last:?}");
 
     // The re-drive is a span of the block's trace, and inference's span its child.
-    let requeue_span = &quire_kafka::headers::text_header(&requeued[0].headers, quire_kafka::headers::TRACEPARENT).expect("traceparent")[36..52];
+    let requeue_span = &quire_kafka::record::headers::text_header(&requeued[0].headers, quire_kafka::record::headers::TRACEPARENT).expect("traceparent")[36..52];
     let names = TopicNames::new(&pipeline.prefix);
     let spans = eventually(WAIT, "the watchdog's and inference's spans exported", || {
         let spans = collector.spans();

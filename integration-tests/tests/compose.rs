@@ -4,7 +4,7 @@
 //! it gives is one the code reads, Prometheus scrapes every stage, and the topics job
 //! applies a profile topics.yaml has.
 
-use quire_kafka::topics::TopicsFile;
+use quire_kafka::io::topics::TopicsFile;
 use serde_yaml::Value;
 use std::path::Path;
 

@@ -5,10 +5,10 @@
 //! records across a broker restart.
 
 use integration_tests::*;
-use quire_kafka::codec::{schema_text, value_subject, SCHEMAS};
+use quire_kafka::io::codec::{schema_text, value_subject, SCHEMAS};
 use quire_kafka::config::TopicNames;
-use quire_kafka::reader::TopicReader;
-use quire_kafka::topics::TopicsFile;
+use quire_kafka::io::reader::TopicReader;
+use quire_kafka::io::topics::TopicsFile;
 use quire_kafka::Codec;
 use rdkafka::Message;
 use std::time::Duration;

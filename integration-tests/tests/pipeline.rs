@@ -7,7 +7,7 @@ use integration_tests::*;
 use quire_core::records::{Block, QuarantineRecord};
 use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
-use quire_kafka::reader::TopicReader;
+use quire_kafka::io::reader::TopicReader;
 use quire_kafka::Codec;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::Message;

@@ -53,7 +53,7 @@ async fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     // Spans of what the command writes (publish, replays, re-drives), when configured.
-    let _export = quire_kafka::otel::init("quire-cli");
+    let _export = quire_kafka::telemetry::otel::init("quire-cli");
     let result = match cli.command {
         Command::Stack(command) => cli::stack::run(command).await,
         Command::Topics(command) => cli::topics::run(command).await,

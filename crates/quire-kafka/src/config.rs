@@ -139,8 +139,8 @@ impl KafkaArgs {
                 self.commit_interval_ms, self.transaction_timeout_ms
             ));
         }
-        if !(1_024..=crate::codec::MAX_VALUE_BYTES).contains(&self.max_record_bytes) {
-            return Err(format!("max_record_bytes {} must be between 1024 and {}", self.max_record_bytes, crate::codec::MAX_VALUE_BYTES));
+        if !(1_024..=crate::record::MAX_VALUE_BYTES).contains(&self.max_record_bytes) {
+            return Err(format!("max_record_bytes {} must be between 1024 and {}", self.max_record_bytes, crate::record::MAX_VALUE_BYTES));
         }
         if self.instance_id.is_empty() || self.topic_prefix.is_empty() {
             return Err("instance_id and topic_prefix must not be empty".into());

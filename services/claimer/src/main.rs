@@ -19,5 +19,5 @@ async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
     let context = StageContext::new("claimer", &cli.kafka)?;
-    quire_kafka::service::run_stage(Claimer::new(context, cli.max_block_chars), cli.kafka).await
+    quire_kafka::pipeline::service::run_stage(Claimer::new(context, cli.max_block_chars), cli.kafka).await
 }

@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let context = StageContext::new("inference", &cli.kafka)?;
     let stage = Inference::new(context, engines.clone(), cli.kafka.retry_schedule());
-    quire_kafka::service::run_stage_with_routes(stage, cli.kafka, routes(engines)).await
+    quire_kafka::pipeline::service::run_stage_with_routes(stage, cli.kafka, routes(engines)).await
 }
 
 fn routes(engines: Arc<Engines>) -> Router {

@@ -16,5 +16,5 @@ async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
     let context = StageContext::ignoring_cancellations("quarantine", &cli.kafka)?;
-    quire_kafka::service::run_stage(Quarantine::new(context), cli.kafka).await
+    quire_kafka::pipeline::service::run_stage(Quarantine::new(context), cli.kafka).await
 }

@@ -11,9 +11,9 @@ use axum::{Json, Router};
 use clap::Parser;
 use quire_core::stall::{StallPolicy, Stalled};
 use quire_core::instances::InstanceReport;
-use quire_kafka::instances::InstanceWatch;
-use quire_kafka::stalls::StallWatch;
-use quire_kafka::watchdog::{GroupLag, LagWatch};
+use quire_kafka::watch::instances::InstanceWatch;
+use quire_kafka::watch::blocks::StallWatch;
+use quire_kafka::watch::lag::{GroupLag, LagWatch};
 use quire_kafka::KafkaArgs;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,7 +73,7 @@ async fn judge_blocks(stalls: &mut StallWatch, reports: &[GroupLag]) -> anyhow::
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
-    let _export = quire_kafka::otel::init("quire-watchdog");
+    let _export = quire_kafka::telemetry::otel::init("quire-watchdog");
     let cli = Cli::parse();
     cli.kafka.validate().map_err(anyhow::Error::msg)?;
     anyhow::ensure!(cli.interval_ms > 0 && cli.window_ms > 0, "interval_ms and window_ms must be above 0");
@@ -85,18 +85,18 @@ async fn main() -> anyhow::Result<()> {
         .route("/watchdog", get(move || std::future::ready(Json(shown.lock().expect("report lock").clone()))))
         .route("/watchdog/blocks", get(move || std::future::ready(Json(shown_stalled.lock().expect("report lock").clone()))))
         .route("/watchdog/instances", get(move || std::future::ready(Json(shown_instances.lock().expect("report lock").clone()))));
-    let readiness = quire_kafka::http::Readiness::default().checking(&cli.kafka)?;
+    let readiness = quire_kafka::io::http::Readiness::default().checking(&cli.kafka)?;
     // Every gauge is set each round: one not set for ten minutes belongs to something gone.
     let idle = Duration::from_millis(cli.interval_ms.saturating_mul(10)).max(Duration::from_secs(600));
-    quire_kafka::http::serve_forgetting_gauges(&cli.kafka.metrics_addr, routes, readiness.clone(), Some(idle)).await?;
-    let groups = quire_kafka::watchdog::pipeline_groups(&cli.kafka);
+    quire_kafka::io::http::serve_forgetting_gauges(&cli.kafka.metrics_addr, routes, readiness.clone(), Some(idle)).await?;
+    let groups = quire_kafka::watch::lag::pipeline_groups(&cli.kafka);
     let (kafka, cluster, window) = (cli.kafka.clone(), cli.cluster_name.clone(), Duration::from_millis(cli.window_ms));
     let mut watch = tokio::task::spawn_blocking(move || LagWatch::new(&kafka, &cluster, groups, window)).await??;
     let (kafka, policy) = (cli.kafka.clone(), cli.stall_policy());
     let mut stalls = tokio::task::spawn_blocking(move || StallWatch::new(&kafka, policy)).await??;
     let mut instances = InstanceWatch::new(&cli.kafka, Duration::from_millis(cli.instance_ttl_ms), Duration::from_millis(cli.instance_forget_ms))?;
     tracing::info!(interval_ms = cli.interval_ms, window_ms = cli.window_ms, "watchdog started");
-    let shutdown = quire_kafka::service::shutdown_on_signals();
+    let shutdown = quire_kafka::pipeline::service::shutdown_on_signals();
     // Blocks are judged on a task of their own, so a long read never delays a lag
     // sample; against the latest poll's offsets, which were read before its own reads.
     let judging = {

@@ -6,8 +6,8 @@
 use super::report::{latest_changes, latest_quarantine, read_all};
 use quire_core::records::{now_ms, DatasetControl, CANCEL, CANCELED, QUARANTINED};
 use quire_core::BlockState;
-use quire_kafka::operator::Operator;
-use quire_kafka::reader::TopicReader;
+use quire_kafka::ops::Operator;
+use quire_kafka::io::reader::TopicReader;
 use quire_kafka::KafkaArgs;
 use std::process::ExitCode;
 

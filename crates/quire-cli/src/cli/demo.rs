@@ -10,7 +10,7 @@ use super::topics::{apply_topics, ApplyArgs};
 use anyhow::{bail, Context};
 use quire_core::records::{QuarantineRecord, ValidatedResult};
 use quire_kafka::config::TopicNames;
-use quire_kafka::reader::TopicReader;
+use quire_kafka::io::reader::TopicReader;
 use quire_kafka::{Codec, KafkaArgs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

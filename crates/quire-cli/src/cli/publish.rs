@@ -6,10 +6,10 @@ use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use quire_core::ids;
 use quire_core::records::{now_ms, DatasetSubmission};
-use quire_kafka::codec::schema_text;
+use quire_kafka::io::codec::schema_text;
 use quire_kafka::config::TopicNames;
 use quire_kafka::{Codec, KafkaArgs};
-use quire_kafka::headers;
+use quire_kafka::record::headers;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -144,7 +144,7 @@ pub async fn publish_paced(kafka: &KafkaArgs, records: &mut [DatasetSubmission],
 /// many were acknowledged, the trace id and when each was submitted.
 async fn send_all(kafka: &KafkaArgs, records: &[DatasetSubmission], quiet: bool, per_second: Option<f64>) -> anyhow::Result<(usize, String, Vec<i64>)> {
     let topic = TopicNames::new(&kafka.topic_prefix).ingest();
-    let (traceparent, _span) = quire_kafka::otel::publish_span(&topic);
+    let (traceparent, _span) = quire_kafka::telemetry::otel::publish_span(&topic);
     let codec = Codec::new(&kafka.schema_registry_url)?;
     codec.register(&topic, schema_text("DatasetSubmission")?).await?;
     let producer: FutureProducer = kafka.client_config().set("enable.idempotence", "true").set("acks", "all").create()?;

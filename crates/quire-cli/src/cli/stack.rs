@@ -201,7 +201,7 @@ pub async fn up(args: &UpArgs) -> anyhow::Result<StackState> {
 /// durably (Confluent's, in Kafka).
 async fn pin_schema_ids(state: &StackState) -> anyhow::Result<()> {
     let codec = Codec::new(&state.schema_registry_url)?;
-    for (name, schema) in quire_kafka::codec::SCHEMAS {
+    for (name, schema) in quire_kafka::io::codec::SCHEMAS {
         codec.register(&format!("quire-stack.{name}"), schema).await?;
     }
     Ok(())

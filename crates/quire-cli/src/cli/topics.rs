@@ -1,7 +1,7 @@
 //! `quire topics apply [--profile] [--dry-run]`.
 
 use clap::Subcommand;
-use quire_kafka::topics::{apply, register_schemas, TopicsFile};
+use quire_kafka::io::topics::{apply, register_schemas, TopicsFile};
 use quire_kafka::{Codec, KafkaArgs};
 use std::process::ExitCode;
 

@@ -3,7 +3,8 @@
 //! the processing loop's dedup drops.
 
 use super::{block_headers, decode_failure, BlockRef};
-use crate::processor::{Effect, Input, Stage, StageContext, StageError};
+use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::record::Input;
 use quire_core::records::{now_ms, Block, DatasetSubmission};
 use quire_core::split::split_blocks;
 use quire_core::{ids, BlockState, Failure};
@@ -93,13 +94,13 @@ impl Stage for Claimer {
         for block in blocks {
             let block_ref = BlockRef::from(&block);
             let path = [BlockState::Pending, BlockState::Claimed, BlockState::Queued];
-            let mut records = match ctx.transitions(&block_ref, &path, None).await? {
-                Ok(records) => records,
+            let mut writes = match ctx.transitions(&block_ref, &path, None).await? {
+                Ok(writes) => writes,
                 Err(failure) => return Ok(vec![ctx.unreadable(input, &failure)]),
             };
             let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-            records.push(ctx.encode(&ctx.names.queued(), &block.block_id, &block, headers).await?);
-            effects.push(Effect::new(block.block_id.clone(), records));
+            writes.push(ctx.encode(&ctx.names.queued(), &block.block_id, &block, headers).await?);
+            effects.push(Effect::new(block.block_id.clone(), writes));
         }
         Ok(effects)
     }

@@ -10,7 +10,8 @@
 
 use super::{block_headers, block_key, decode_failure, BlockRef};
 use crate::config::TopicNames;
-use crate::processor::{Effect, Input, Stage, StageContext, StageError};
+use crate::pipeline::{Effect, Stage, StageContext, StageError, Writes};
+use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
 use quire_core::retry::RetrySchedule;
 use quire_core::{BlockState, ErrorClass};
@@ -84,8 +85,8 @@ impl Stage for Inference {
             return Ok(vec![ctx.block_canceled(input, &block, block.state, block_key(&block)).await?]);
         }
         let block_ref = BlockRef::from(&block);
-        let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Processing], None).await? {
-            Ok(records) => records,
+        let mut writes = match ctx.transitions(&block_ref, &[block.state, BlockState::Processing], None).await? {
+            Ok(writes) => writes,
             Err(failure) => return Ok(vec![ctx.block_failed(input, &block, block.state, &failure).await?]),
         };
         let started = Instant::now();
@@ -108,14 +109,15 @@ impl Stage for Inference {
                 }
                 let ctx = &self.context;
                 let mut effect = ctx.retry_or_fail(input, &block, BlockState::Processing, &chain.failure, &self.retries).await?;
-                records.append(&mut effect.records);
-                effect.records = records;
+                // QUEUED → PROCESSING first, then what the failure did.
+                writes.append(Writes { records: effect.records, events: effect.events });
+                (effect.records, effect.events) = (writes.records, writes.events);
                 return Ok(vec![effect]);
             }
         };
         let ctx = &self.context;
         match ctx.transitions(&block_ref, &[BlockState::Processing, BlockState::Validating], None).await? {
-            Ok(mut more) => records.append(&mut more),
+            Ok(more) => writes.append(more),
             Err(failure) => return Ok(vec![ctx.block_failed(input, &block, BlockState::Processing, &failure).await?]),
         }
         let now = now_ms();
@@ -141,7 +143,7 @@ impl Stage for Inference {
             block: Block { state: BlockState::Validating, updated_at_ms: now, ..block.clone() },
         };
         let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-        records.push(ctx.encode(&ctx.names.results(), &block.block_id, &result, headers).await?);
-        Ok(vec![Effect::new(block_key(&block), records)])
+        writes.push(ctx.encode(&ctx.names.results(), &block.block_id, &result, headers).await?);
+        Ok(vec![Effect::new(block_key(&block), writes)])
     }
 }

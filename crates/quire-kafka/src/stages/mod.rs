@@ -13,9 +13,10 @@ pub mod inference;
 pub mod quarantine;
 pub mod validator;
 
-use crate::headers::{self, Headers};
-use crate::processor::{Effect, Input, OutputRecord, StageContext, StageError};
-use crate::telemetry::events;
+use crate::record::headers::{self, block_headers, Headers};
+use crate::pipeline::{Effect, StageContext, StageError, Writes};
+use crate::record::{Input, OutputRecord};
+use crate::telemetry::{events, EffectEvent};
 use crate::Error;
 use quire_core::records::{now_ms, Block, StateChange};
 use quire_core::retry::{self, RetryDecision, RetrySchedule};
@@ -37,15 +38,6 @@ fn encode_failure(error: Error) -> StageError {
         Error::Registry { .. } => StageError::Retry(error.to_string()),
         other => StageError::Poison(Failure::data("unencodable-output", other.to_string())),
     }
-}
-
-/// The headers every block output carries.
-pub(crate) fn block_headers(idempotency_key: &str, request_id: &str, dataset_id: &str) -> Headers {
-    vec![
-        (headers::IDEMPOTENCY_KEY.into(), idempotency_key.as_bytes().to_vec()),
-        (headers::REQUEST_ID.into(), request_id.as_bytes().to_vec()),
-        (headers::DATASET_ID.into(), dataset_id.as_bytes().to_vec()),
-    ]
 }
 
 /// The dedup key of a block's output at a stage, for its generation.
@@ -98,14 +90,13 @@ impl StageContext {
         block: &BlockRef<'_>,
         path: &[BlockState],
         reason: Option<&str>,
-    ) -> Result<Result<Vec<OutputRecord>, Failure>, StageError> {
-        let mut records = Vec::new();
+    ) -> Result<Result<Writes, Failure>, StageError> {
+        let mut writes = Writes::default();
         for pair in path.windows(2) {
             if let Err(illegal) = state::transition(block.block_id, pair[0], pair[1]) {
                 events::illegal_transition(self.stage, &illegal);
                 return Ok(Err(Failure::data("illegal-transition", illegal.to_string())));
             }
-            events::block_transition(self.stage, &self.instance_id, block.block_id, block.dataset_id, block.request_id, pair[0], pair[1]);
             let change = StateChange {
                 block_id: block.block_id.to_owned(),
                 dataset_id: block.dataset_id.to_owned(),
@@ -118,9 +109,18 @@ impl StageContext {
                 at_ms: now_ms(),
             };
             let headers = block_headers(block.idempotency_key, block.request_id, block.dataset_id);
-            records.push(self.encode(&self.names.events(), block.block_id, &change, headers).await?);
+            writes.push(self.encode(&self.names.events(), block.block_id, &change, headers).await?);
+            writes.events.push(EffectEvent::Transition {
+                stage: self.stage.to_owned(),
+                instance_id: self.instance_id.clone(),
+                block_id: block.block_id.to_owned(),
+                dataset_id: block.dataset_id.to_owned(),
+                request_id: block.request_id.to_owned(),
+                from: pair[0],
+                to: pair[1],
+            });
         }
-        Ok(Ok(records))
+        Ok(Ok(writes))
     }
 
     /// The effect of meeting a block of a canceled dataset: its `from → CANCELED` event
@@ -128,7 +128,7 @@ impl StageContext {
     async fn block_canceled(&self, input: &Input, block: &Block, from: BlockState, dedup_key: String) -> Result<Effect, StageError> {
         let reason = format!("dataset {} canceled", block.dataset_id);
         match self.transitions(&BlockRef::from(block), &[from, BlockState::Canceled], Some(&reason)).await? {
-            Ok(records) => Ok(Effect::new(dedup_key, records)),
+            Ok(writes) => Ok(Effect::new(dedup_key, writes)),
             Err(illegal) => self.block_failed(input, block, from, &illegal).await,
         }
     }
@@ -139,10 +139,10 @@ impl StageContext {
     async fn block_failed(&self, input: &Input, block: &Block, from: BlockState, failure: &Failure) -> Result<Effect, StageError> {
         let block_ref = BlockRef::from(block);
         // A block already in a terminal state cannot fail again; it is only dead-lettered.
-        let mut records = if from.can_become(BlockState::Error) {
+        let mut writes = if from.can_become(BlockState::Error) {
             self.transitions(&block_ref, &[from, BlockState::Error], Some(&failure.reason)).await?.unwrap_or_default()
         } else {
-            Vec::new()
+            Writes::default()
         };
         let dedup_key = failure_key(block);
         let mut dead = self.dead_letter(input, failure, &dedup_key);
@@ -151,8 +151,9 @@ impl StageContext {
         headers::set_header(&mut dead.headers, headers::RETRY_ATTEMPTS, (block.attempt + 1).to_be_bytes().to_vec());
         let first_failed = first_failed_at(input);
         headers::set_header(&mut dead.headers, headers::FIRST_FAILED_AT, first_failed.to_be_bytes().to_vec());
-        records.push(dead);
-        Ok(Effect::new(dedup_key, records))
+        writes.push(dead);
+        writes.events.push(self.dead_lettered(dedup_key.clone(), failure));
+        Ok(Effect::new(dedup_key, writes))
     }
 
     /// The effect of a block that failed with `failure` while `from`: rescheduled on the
@@ -174,15 +175,15 @@ impl StageContext {
             }
             RetryDecision::RetryAfter { retry, delay } => {
                 let reason = format!("retry {retry}/{} in {} ms: {}", schedule.max_retries(), delay.as_millis(), failure.reason);
-                let mut records = match self.transitions(&BlockRef::from(block), &[from, BlockState::Queued], Some(&reason)).await? {
-                    Ok(records) => records,
+                let mut writes = match self.transitions(&BlockRef::from(block), &[from, BlockState::Queued], Some(&reason)).await? {
+                    Ok(writes) => writes,
                     Err(illegal) => return self.block_failed(input, block, from, &illegal).await,
                 };
                 let now = now_ms();
                 let retried = Block { attempt: retry as i32, state: BlockState::Queued, updated_at_ms: now, ..block.clone() };
                 let topic = retry::retry_topic(retry::base_topic(&input.topic), delay);
                 let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-                headers.extend(crate::headers::dead_letter_headers(&self.origin(input), failure));
+                headers.extend(crate::record::headers::dead_letter_headers(&self.origin(input), failure));
                 // Spring counts the first delivery as attempt 1: retry k is attempt k + 1.
                 headers::set_header(&mut headers, headers::RETRY_ATTEMPTS, (retry as i32 + 1).to_be_bytes().to_vec());
                 headers::set_header(&mut headers, headers::RETRY_BACKOFF_TIMESTAMP, headers::big_integer_bytes(now + delay.as_millis() as i64));
@@ -192,9 +193,16 @@ impl StageContext {
                 if let Some(trace) = headers::header(&input.headers, headers::TRACEPARENT) {
                     headers::set_header(&mut headers, headers::TRACEPARENT, trace.to_vec());
                 }
-                records.push(self.encode(&topic, &block.block_id, &retried, headers).await?);
-                events::retry_scheduled(self.stage, &self.instance_id, &block.block_id, failure, retry, delay);
-                Ok(Effect::new(retry_key(block, retry), records))
+                writes.push(self.encode(&topic, &block.block_id, &retried, headers).await?);
+                writes.events.push(EffectEvent::RetryScheduled {
+                    stage: self.stage,
+                    instance_id: self.instance_id.clone(),
+                    block_id: block.block_id.clone(),
+                    failure: failure.clone(),
+                    retry,
+                    delay,
+                });
+                Ok(Effect::new(retry_key(block, retry), writes))
             }
         }
     }

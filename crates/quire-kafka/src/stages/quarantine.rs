@@ -3,9 +3,10 @@
 //! first and last failure time, origin, trace id and the original payload. `quire dlq`
 //! lists, shows and replays from there.
 
-use crate::headers::{self, read_dead_letter, text_header, DATASET_ID};
-use crate::processor::{Effect, Input, Stage, StageContext, StageError};
-use crate::telemetry::events;
+use crate::record::headers::{self, read_dead_letter, text_header, DATASET_ID};
+use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::record::Input;
+use crate::telemetry::EffectEvent;
 use quire_core::records::{now_ms, QuarantineRecord, QUARANTINED};
 use quire_core::{ErrorClass, Failure};
 
@@ -98,9 +99,9 @@ impl Stage for Quarantine {
                 record.reason = format!("dead-letter record without readable Spring DLT headers: {reason}");
             }
         }
-        events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
+        let filed = quarantined(&ctx.instance_id, &key, &record);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
-        Ok(vec![Effect::new(dedup_key, vec![output])])
+        Ok(vec![Effect::new(dedup_key, vec![output]).with_event(filed)])
     }
 
     /// A dead letter too large to file as it is (or its record would be): filed under
@@ -114,8 +115,19 @@ impl Stage for Quarantine {
             payload: None,
             ..self.record(input, key.clone())
         };
-        events::quarantined(&ctx.instance_id, &key, &record.failed_stage, &record.error_class, &record.reason);
+        let filed = quarantined(&ctx.instance_id, &key, &record);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, headers::trace_context(&input.headers)).await?;
-        Ok(Effect::new(key, vec![output]))
+        Ok(Effect::new(key, vec![output]).with_event(filed))
+    }
+}
+
+/// The event of `record` filed under `key`.
+fn quarantined(instance_id: &str, key: &str, record: &QuarantineRecord) -> EffectEvent {
+    EffectEvent::Quarantined {
+        instance_id: instance_id.to_owned(),
+        key: key.to_owned(),
+        failed_stage: record.failed_stage.clone(),
+        class: record.error_class.clone(),
+        reason: record.reason.clone(),
     }
 }

@@ -5,7 +5,8 @@
 //! completed block is neither failed nor canceled here.
 
 use super::{block_headers, decode_failure, BlockRef};
-use crate::processor::{Effect, Input, Stage, StageContext, StageError};
+use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::record::Input;
 use quire_core::records::{now_ms, InferenceResult, ValidatedResult};
 use quire_core::{rules, BlockState};
 
@@ -51,8 +52,8 @@ impl Stage for Validator {
         if let Err(failure) = rules::validate(&result) {
             return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?.unless_done(&block.block_id)]);
         }
-        let mut records = match ctx.transitions(&block_ref, &[block.state, BlockState::Completed], None).await? {
-            Ok(records) => records,
+        let mut writes = match ctx.transitions(&block_ref, &[block.state, BlockState::Completed], None).await? {
+            Ok(writes) => writes,
             Err(failure) => return Ok(vec![ctx.block_failed(input, block, block.state, &failure).await?.unless_done(&block.block_id)]),
         };
         let validated = ValidatedResult {
@@ -70,8 +71,8 @@ impl Stage for Validator {
             completed_at_ms: now_ms(),
         };
         let headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-        records.push(ctx.encode(&ctx.names.completed(), &block.block_id, &validated, headers).await?);
+        writes.push(ctx.encode(&ctx.names.completed(), &block.block_id, &validated, headers).await?);
         let age_ms = validated.completed_at_ms - block.submitted_at_ms;
-        Ok(vec![Effect::new(block.block_id.clone(), records).completing_block_aged(age_ms)])
+        Ok(vec![Effect::new(block.block_id.clone(), writes).completing_block_aged(age_ms)])
     }
 }

@@ -15,7 +15,7 @@ use super::publish::{publish, publish_paced, submissions, Document};
 use super::report::wait_for_dataset;
 use quire_core::records::{DatasetSubmission, ValidatedResult};
 use quire_kafka::config::TopicNames;
-use quire_kafka::topics::{apply, TopicsFile};
+use quire_kafka::io::topics::{apply, TopicsFile};
 use quire_kafka::KafkaArgs;
 use raw_chain::{ArrivalCounter, Arrivals, Chain, ChainRun, CommitSettings, From};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -340,14 +340,14 @@ async fn restart(args: &Args, pipeline: &mut LocalPipeline, records: usize) -> a
 /// the last one in each partition (partitions are chosen here, so that is known without
 /// asking the broker for its watermarks, which the local one reports per batch).
 fn fill(kafka: &KafkaArgs, topic: &str, records: usize) -> anyhow::Result<HashMap<i32, i64>> {
-    let partitions = quire_kafka::reader::TopicReader::new(kafka)?.partitions(topic)?;
+    let partitions = quire_kafka::io::reader::TopicReader::new(kafka)?.partitions(topic)?;
     let mut ends: HashMap<i32, i64> = (0..partitions).map(|p| (p, 0)).collect();
     let producer: BaseProducer = kafka.client_config().set("linger.ms", "20").set("batch.size", "1000000").create()?;
     let mut payload = vec![0u8, 0, 0, 0, 1];
     payload.resize(RAW_RECORD_BYTES, b'f');
     for n in 0..records {
         let key = format!("blk-filler-{n:08}");
-        let headers = OwnedHeaders::new().insert(Header { key: quire_kafka::headers::DEDUP_KEY, value: Some(key.as_bytes()) });
+        let headers = OwnedHeaders::new().insert(Header { key: quire_kafka::record::headers::DEDUP_KEY, value: Some(key.as_bytes()) });
         let partition = (n % partitions as usize) as i32;
         *ends.entry(partition).or_default() += 1;
         raw_chain::send(&producer, BaseRecord::to(topic).partition(partition).key(&key).payload(&payload[..]).headers(headers))?;

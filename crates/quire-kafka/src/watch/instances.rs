@@ -3,7 +3,7 @@
 //! logs an instance going dead with the partitions it held, and coming back.
 
 use crate::config::{KafkaArgs, TopicNames};
-use crate::reader::TopicReader;
+use crate::io::reader::TopicReader;
 use crate::{Codec, Result};
 use quire_core::instances::{InstanceReport, InstanceTable, Liveness};
 use quire_core::records::InstanceHeartbeat;

@@ -15,11 +15,11 @@
 //! read. Only blocks whose audit and copy partitions are settled are acted on.
 
 use crate::config::{KafkaArgs, TopicNames};
-use crate::headers::{self, DltOrigin};
-use crate::operator::Operator;
-use crate::processor::{Input, OutputRecord};
-use crate::reader::TopicReader;
-use crate::watchdog::GroupLag;
+use crate::record::headers::{self, DltOrigin};
+use crate::ops::Operator;
+use crate::record::{Input, OutputRecord};
+use crate::io::reader::TopicReader;
+use crate::watch::lag::GroupLag;
 use crate::{Error, Result};
 use quire_core::records::{Block, InferenceResult, StateChange};
 use quire_core::stall::{BlockWatch, CopyKind, CopyRef, StallPolicy, Stalled, Verdict, STALLED, WATCHDOG_STAGE};

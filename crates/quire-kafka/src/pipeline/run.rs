@@ -25,20 +25,20 @@
 //! librdkafka's transactional calls block, so the loop runs on its own thread and enters
 //! the async runtime only to call [`Stage::process`].
 
-use crate::cancel::CanceledDatasets;
-use crate::heartbeat::InstanceStatus;
-use crate::http::Readiness;
-use crate::config::{DeliveryMode, KafkaArgs, TopicNames};
-use crate::dedup::DedupIndex;
-use crate::headers::{self, DltOrigin, Headers};
-use crate::telemetry::events;
-use crate::{Codec, Error, Result};
+use super::dedup::DedupIndex;
+use super::heartbeat::InstanceStatus;
+use super::{Effect, Stage, StageError};
+use crate::config::{DeliveryMode, KafkaArgs};
+use crate::record::headers;
+use crate::record::{Input, OutputRecord};
+use crate::telemetry::{events, EffectEvent};
+use crate::io::http::Readiness;
+use crate::{Error, Result};
 use quire_core::Failure;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, Message, Offset, Timestamp, TopicPartitionList};
+use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,253 +47,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest a stage's fetch waits at the broker when there is nothing to read.
 const FETCH_WAIT_MAX_MS: u64 = 50;
-
-/// One consumed record, owned.
-#[derive(Debug, Clone)]
-pub struct Input {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Headers,
-    pub timestamp_ms: i64,
-    pub timestamp_type: &'static str,
-}
-
-impl Input {
-    pub(crate) fn from_message<M: Message>(message: &M) -> Self {
-        let (timestamp_ms, timestamp_type) = match message.timestamp() {
-            Timestamp::CreateTime(t) => (t, "CreateTime"),
-            Timestamp::LogAppendTime(t) => (t, "LogAppendTime"),
-            Timestamp::NotAvailable => (0, "CreateTime"),
-        };
-        let headers = message
-            .headers()
-            .map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default())).collect())
-            .unwrap_or_default();
-        Input {
-            topic: message.topic().to_owned(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key().map(<[u8]>::to_vec),
-            payload: message.payload().map(<[u8]>::to_vec),
-            headers,
-            timestamp_ms,
-            timestamp_type,
-        }
-    }
-
-    /// `topic/partition/offset`: the dedup key of a record that could not be read.
-    pub fn position_key(&self) -> String {
-        format!("{}/{}/{}", self.topic, self.partition, self.offset)
-    }
-
-    /// Bytes of key and value, as the record-size limit counts them.
-    pub fn size(&self) -> usize {
-        self.key.as_ref().map_or(0, Vec::len) + self.payload.as_ref().map_or(0, Vec::len)
-    }
-
-    /// The failure of a record over `max_bytes`: it is quarantined without being read.
-    pub fn too_large(&self, max_bytes: usize) -> Option<Failure> {
-        let size = self.size();
-        (size > max_bytes).then(|| {
-            Failure::data(
-                "record-too-large",
-                format!(
-                    "record of {size} bytes (key {} bytes) is over the limit of {max_bytes} bytes (QUIRE_MAX_RECORD_BYTES); it stays at {}",
-                    self.key.as_ref().map_or(0, Vec::len),
-                    self.position_key()
-                ),
-            )
-        })
-    }
-
-    pub fn key_str(&self) -> Option<String> {
-        self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
-    }
-}
-
-/// One record to produce.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutputRecord {
-    pub topic: String,
-    pub key: String,
-    pub payload: Vec<u8>,
-    pub headers: Headers,
-}
-
-impl OutputRecord {
-    /// Bytes of key, value and headers: what the broker's size limit counts.
-    pub fn size(&self) -> usize {
-        self.key.len() + self.payload.len() + self.headers.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>()
-    }
-
-    /// The record as librdkafka sends it.
-    pub fn base_record(&self) -> BaseRecord<'_, String, Vec<u8>> {
-        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
-        for (name, value) in &self.headers {
-            headers = headers.insert(Header { key: name, value: Some(value) });
-        }
-        BaseRecord::to(&self.topic).key(&self.key).payload(&self.payload).headers(headers)
-    }
-}
-
-/// The records one input causes under one dedup key. At least one of them must be on
-/// one of the stage's output topics; the loop stamps the dedup key on every record
-/// (`quire-dedup-key`), so that the dedup index finds it again after a restart.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Effect {
-    pub dedup_key: String,
-    pub records: Vec<OutputRecord>,
-    /// Skip the effect if this key is done too (a failure of a block that completed).
-    pub unless_done: Option<String>,
-    /// A block's age at completion (ms since its document was submitted), observed in
-    /// the end-to-end latency histogram once the effect is committed.
-    pub completes_block_aged_ms: Option<i64>,
-}
-
-impl Effect {
-    pub fn new(dedup_key: String, records: Vec<OutputRecord>) -> Self {
-        Effect { dedup_key, records, unless_done: None, completes_block_aged_ms: None }
-    }
-
-    /// The same effect, skipped if `key` is already done.
-    pub fn unless_done(self, key: &str) -> Self {
-        Effect { unless_done: Some(key.to_owned()), ..self }
-    }
-
-    /// The same effect, completing a block `age_ms` after its submission.
-    pub fn completing_block_aged(self, age_ms: i64) -> Self {
-        Effect { completes_block_aged_ms: Some(age_ms), ..self }
-    }
-}
-
-/// Why a stage could not process a record. Records the stage can read but rejects are
-/// not errors: the stage turns them into dead-letter effects itself.
-#[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    /// Infrastructure failed (registry down, ...): abort, rewind and try again later.
-    #[error("retry later: {0}")]
-    Retry(String),
-    /// This record can never be processed (e.g. its output does not fit the schema):
-    /// the loop dead-letters it under its position so the partition moves on.
-    #[error("poison record: {0}")]
-    Poison(Failure),
-    /// Not now (every engine's breaker is open): leave the record where it is and pause
-    /// every partition until `until`.
-    #[error("deferred: {reason}")]
-    Defer { until: Instant, reason: String },
-}
-
-/// What a stage knows about where it runs.
-#[derive(Debug, Clone)]
-pub struct StageContext {
-    pub stage: &'static str,
-    pub group: String,
-    pub instance_id: String,
-    pub names: TopicNames,
-    pub codec: Codec,
-    pub canceled: CanceledDatasets,
-    /// Set while the stage has partitions assigned (`/health/ready`).
-    pub readiness: Readiness,
-    /// What this instance holds, for its heartbeats.
-    pub instance: InstanceStatus,
-    /// Largest input record taken in; larger input bytes are left out of dead letters.
-    pub max_record_bytes: usize,
-}
-
-impl StageContext {
-    /// The context of a stage that drops the blocks of canceled datasets (it follows
-    /// the control topic).
-    pub fn new(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
-        let canceled = CanceledDatasets::follow(args, &TopicNames::new(&args.topic_prefix).control())?;
-        Self::with_canceled(stage, args, canceled)
-    }
-
-    /// The context of a stage with no use for cancellations (the quarantine files
-    /// failures of canceled datasets too).
-    pub fn ignoring_cancellations(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
-        Self::with_canceled(stage, args, CanceledDatasets::default())
-    }
-
-    fn with_canceled(stage: &'static str, args: &KafkaArgs, canceled: CanceledDatasets) -> Result<Self> {
-        let names = TopicNames::new(&args.topic_prefix);
-        Ok(StageContext {
-            canceled,
-            readiness: Readiness::default(),
-            instance: InstanceStatus::default(),
-            stage,
-            group: names.group(stage),
-            instance_id: args.instance_id.clone(),
-            names,
-            codec: Codec::new(&args.schema_registry_url)?,
-            max_record_bytes: args.max_record_bytes,
-        })
-    }
-
-    /// Where `input` came from, as the DLT headers say it.
-    pub fn origin(&self, input: &Input) -> DltOrigin {
-        DltOrigin {
-            topic: input.topic.clone(),
-            partition: input.partition,
-            offset: input.offset,
-            timestamp_ms: input.timestamp_ms,
-            timestamp_type: input.timestamp_type,
-            consumer_group: self.group.clone(),
-        }
-    }
-
-    /// The effect of a record that cannot be processed at all: dead-lettered under its
-    /// position (`topic/partition/offset`).
-    pub fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
-        let key = input.position_key();
-        let records = vec![self.dead_letter(input, failure, &key)];
-        Effect::new(key, records)
-    }
-
-    /// The dead-letter record for `input`, which failed with `failure`: the original
-    /// value unchanged, Spring's DLT headers, keyed by `dedup_key`.
-    pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> OutputRecord {
-        let mut headers = headers::dead_letter_headers(&self.origin(input), failure);
-        headers.extend(headers::trace_context(&input.headers));
-        headers.push((headers::IDEMPOTENCY_KEY.into(), dedup_key.as_bytes().to_vec()));
-        // An oversized record stays where it is; its dead letter says where and how big.
-        let payload = match &input.payload {
-            Some(payload) if input.size() > self.max_record_bytes => {
-                headers.push((headers::PAYLOAD_OMITTED_BYTES.into(), payload.len().to_string().into_bytes()));
-                Vec::new()
-            }
-            payload => payload.clone().unwrap_or_default(),
-        };
-        events::dead_lettered(self.stage, &self.instance_id, dedup_key, failure);
-        OutputRecord { topic: TopicNames::dead_letter(&input.topic), key: dedup_key.to_owned(), payload, headers }
-    }
-}
-
-/// A pipeline stage: turns one input record into effects.
-#[allow(async_fn_in_trait)]
-pub trait Stage: Send + 'static {
-    fn context(&self) -> &StageContext;
-    fn input_topics(&self) -> Vec<String>;
-    /// Topics whose keys are this stage's dedup keys (its outputs and dead letters).
-    fn output_topics(&self) -> Vec<String>;
-    /// Called once before the first record, e.g. to register schemas.
-    async fn on_start(&mut self) -> Result<()> {
-        Ok(())
-    }
-    async fn process(&mut self, input: &Input) -> std::result::Result<Vec<Effect>, StageError>;
-    /// The effect of a record this stage cannot process at all (too large, or its
-    /// output would be): dead-lettered under its position by default.
-    async fn unprocessable(&mut self, input: &Input, failure: &Failure) -> std::result::Result<Effect, StageError> {
-        Ok(self.context().unreadable(input, failure))
-    }
-    /// Asked after each processed record: `Some(t)` pauses every partition until `t`
-    /// (a dependency is overloaded: back off).
-    fn backpressure_until(&mut self) -> Option<Instant> {
-        None
-    }
-}
 
 /// Counts deliveries the broker refused, for the idempotent mode's commit decision.
 #[derive(Default)]
@@ -326,8 +79,8 @@ struct Batch {
     pending_keys: HashSet<String>,
     /// Records produced in the batch, per topic (counted once committed).
     produced: HashMap<String, u64>,
-    /// Ages of the blocks the batch completes (observed once committed).
-    completed_ages_ms: Vec<i64>,
+    /// What the batch's effects make true, reported once it commits.
+    events: Vec<EffectEvent>,
     delivery_failures_at_start: u64,
     /// Idempotent mode: outputs held back until the batch's audit events are written.
     held: Vec<OutputRecord>,
@@ -566,7 +319,7 @@ impl Core {
     /// returns how many were skipped as duplicates. Records carry `input`'s trace on as
     /// a child span, or start one (W3C `traceparent`, see `otel`).
     fn apply(&mut self, input: &Input, effects: Vec<Effect>, started: SystemTime) -> Result<usize> {
-        let trace = crate::otel::process_span(self.stage, &self.group, input, started);
+        let trace = crate::telemetry::otel::process_span(self.stage, &self.group, input, started);
         let tracestate = headers::trace_context(&input.headers).into_iter().find(|(n, _)| n == headers::TRACESTATE).map(|(_, v)| v);
         let mut duplicates = 0;
         for effect in effects {
@@ -598,7 +351,7 @@ impl Core {
                     self.produce(&record)?;
                 }
             }
-            self.batch.completed_ages_ms.extend(effect.completes_block_aged_ms);
+            self.batch.events.extend(effect.events);
             self.batch.pending_keys.insert(effect.dedup_key);
         }
         Ok(duplicates)
@@ -627,8 +380,8 @@ impl Core {
             Ok(()) => {
                 let batch = std::mem::take(&mut self.batch);
                 events::batch_committed(self.stage, batch.inputs, batch.pending_keys.len(), &batch.produced, committing.elapsed());
-                for age_ms in batch.completed_ages_ms {
-                    events::block_completed(age_ms);
+                for event in &batch.events {
+                    event.emit();
                 }
                 self.instance.committed();
                 for key in batch.pending_keys {
@@ -817,7 +570,7 @@ struct LoopContext {
 
 impl ClientContext for LoopContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        crate::reader::log_client_error(&error, reason);
+        crate::io::reader::log_client_error(&error, reason);
     }
 }
 

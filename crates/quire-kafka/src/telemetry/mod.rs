@@ -4,7 +4,10 @@
 //! metrics for Prometheus.
 //!
 //! [`events`] is the one place that defines what a stage reports: each function writes
-//! one structured log line and bumps its metric, so the two never disagree.
+//! one structured log line and bumps its metric, so the two never disagree. [`otel`]
+//! carries traces through the records' headers; `io::http` serves the metrics.
+
+pub mod otel;
 
 use tracing_subscriber::EnvFilter;
 
@@ -52,6 +55,37 @@ pub mod names {
 /// dataset that waited an hour.
 pub const SECONDS_BUCKETS: [f64; 21] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0];
+
+/// What a committed effect made true. Built with the effect and reported (its log line
+/// and metric) only once the batch holding it has committed: never for an effect
+/// skipped as a duplicate or a batch aborted, so replays do not inflate the counts the
+/// alerts are built on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EffectEvent {
+    Transition { stage: String, instance_id: String, block_id: String, dataset_id: String, request_id: String, from: quire_core::BlockState, to: quire_core::BlockState },
+    DeadLettered { stage: &'static str, instance_id: String, key: String, failure: quire_core::Failure },
+    RetryScheduled { stage: &'static str, instance_id: String, block_id: String, failure: quire_core::Failure, retry: u32, delay: std::time::Duration },
+    Quarantined { instance_id: String, key: String, failed_stage: String, class: String, reason: String },
+    /// A block reached the output, `age_ms` after its document was submitted.
+    BlockCompleted { age_ms: i64 },
+}
+
+impl EffectEvent {
+    /// Writes the event's log line and bumps its metric.
+    pub fn emit(&self) {
+        match self {
+            EffectEvent::Transition { stage, instance_id, block_id, dataset_id, request_id, from, to } => {
+                events::block_transition(stage, instance_id, block_id, dataset_id, request_id, *from, *to)
+            }
+            EffectEvent::DeadLettered { stage, instance_id, key, failure } => events::dead_lettered(stage, instance_id, key, failure),
+            EffectEvent::RetryScheduled { stage, instance_id, block_id, failure, retry, delay } => {
+                events::retry_scheduled(stage, instance_id, block_id, failure, *retry, *delay)
+            }
+            EffectEvent::Quarantined { instance_id, key, failed_stage, class, reason } => events::quarantined(instance_id, key, failed_stage, class, reason),
+            EffectEvent::BlockCompleted { age_ms } => events::block_completed(*age_ms),
+        }
+    }
+}
 
 /// Every event a stage reports.
 pub mod events {

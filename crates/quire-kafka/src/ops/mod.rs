@@ -7,13 +7,13 @@
 //! stages process it again, and the validator still lets it into the output only once.
 
 use crate::config::{KafkaArgs, TopicNames};
-use crate::headers::{self, Headers};
-use crate::processor::OutputRecord;
+use crate::record::headers::{self, Headers};
+use crate::record::OutputRecord;
 use crate::{Codec, Error, Result};
 use quire_core::records::{now_ms, Block, StateChange};
 use quire_core::stall::OPERATOR_STAGE;
 use quire_core::{state, BlockState};
-use crate::stages::block_headers;
+use crate::record::headers::block_headers;
 use rdkafka::producer::{BaseProducer, Producer};
 use serde::Serialize;
 use std::time::Duration;
@@ -82,7 +82,7 @@ impl Operator {
     pub async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord> {
         self.schemas
             .get_or_try_init(|| async {
-                crate::service::register_all_schemas(&self.codec, &self.args).await.map_err(|e| Error::Other(format!("registering schemas: {e:#}")))
+                crate::io::topics::register_all_schemas(&self.codec, &self.args).await.map_err(|e| Error::Other(format!("registering schemas: {e:#}")))
             })
             .await?;
         Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload: self.codec.encode(topic, value).await?, headers })
@@ -115,7 +115,7 @@ impl Operator {
         let next = Block { attempt: 0, generation: block.generation + 1, state: BlockState::Queued, updated_at_ms: now_ms(), ..block.clone() };
         let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         let queued = self.names.queued();
-        if let Some(traceparent) = trace.and_then(|t| crate::otel::action_span(&queued, &format!("{} requeue", self.stage), t)) {
+        if let Some(traceparent) = trace.and_then(|t| crate::telemetry::otel::action_span(&queued, &format!("{} requeue", self.stage), t)) {
             headers.push((headers::TRACEPARENT.into(), traceparent.clone().into_bytes()));
             audit.headers.push((headers::TRACEPARENT.into(), traceparent.into_bytes()));
         }

@@ -10,7 +10,7 @@
 //! the offsets move), so an idle transactional pipeline reads lag 0, not 1.
 
 use crate::config::{KafkaArgs, TopicNames};
-use crate::reader::{QuietContext, TopicReader};
+use crate::io::reader::{QuietContext, TopicReader};
 use crate::Result;
 use quire_core::lag::{group_status, LagTable, OffsetSample, PartitionStatus, Window, GROUP_STATUSES};
 use rdkafka::consumer::{BaseConsumer, Consumer};

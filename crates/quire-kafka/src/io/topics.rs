@@ -2,7 +2,7 @@
 //! match it. Apply only creates: a topic that exists with other settings is reported as
 //! drift for a person to decide on, because shrinking or recreating a topic loses data.
 
-use crate::codec::{schema_text, Codec};
+use crate::io::codec::{schema_text, Codec};
 use crate::config::{KafkaArgs, TopicNames};
 use crate::{Error, Result};
 use quire_core::retry::RetrySchedule;
@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 /// The whole topics file, compiled in as a default.
-pub const DEFAULT_TOPICS_YAML: &str = include_str!("../../../topics.yaml");
+pub const DEFAULT_TOPICS_YAML: &str = include_str!("../../../../topics.yaml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,6 +205,18 @@ pub async fn register_schemas(codec: &Codec, topics: &[DesiredTopic]) -> Result<
     Ok(ids)
 }
 
+/// Registers every topic's value schema under `args.topic_prefix` through `codec`, which
+/// registers them again if the registry loses them.
+pub async fn register_all_schemas(codec: &crate::Codec, args: &crate::KafkaArgs) -> anyhow::Result<()> {
+    let file = TopicsFile::load(None)?;
+    // Schemas do not depend on the profile; any profile names the same topics.
+    let profile = file.profiles.keys().next().cloned().unwrap_or_default();
+    let topics = file.desired(&profile, &args.topic_prefix, &args.retry_schedule())?;
+    let ids = register_schemas(codec, &topics).await?;
+    tracing::info!(schemas = ids.len(), registry = codec.url(), "schemas registered");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,7 +242,7 @@ mod tests {
                 first_named.push(schema);
             }
         }
-        let listed: Vec<&str> = crate::codec::SCHEMAS.iter().map(|(name, _)| *name).collect();
+        let listed: Vec<&str> = crate::io::codec::SCHEMAS.iter().map(|(name, _)| *name).collect();
         assert_eq!(first_named, listed, "codec::SCHEMAS must follow topics.yaml, or the local registry numbers them differently after a restart");
     }
 

@@ -201,6 +201,15 @@ pub fn trace_id(headers: &Headers) -> Option<String> {
     (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_owned())
 }
 
+/// The headers every block output carries.
+pub fn block_headers(idempotency_key: &str, request_id: &str, dataset_id: &str) -> Headers {
+    vec![
+        (IDEMPOTENCY_KEY.into(), idempotency_key.as_bytes().to_vec()),
+        (REQUEST_ID.into(), request_id.as_bytes().to_vec()),
+        (DATASET_ID.into(), dataset_id.as_bytes().to_vec()),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,14 +19,14 @@ use std::time::Duration;
 /// registrant registers them in this order, so a registry that numbers schemas in the
 /// order it first sees them (the local one) gives each the same id whoever comes first.
 pub const SCHEMAS: [(&str, &str); 8] = [
-    ("DatasetSubmission", include_str!("../../../schemas/DatasetSubmission.avsc")),
-    ("Block", include_str!("../../../schemas/Block.avsc")),
-    ("InferenceResult", include_str!("../../../schemas/InferenceResult.avsc")),
-    ("ValidatedResult", include_str!("../../../schemas/ValidatedResult.avsc")),
-    ("StateChange", include_str!("../../../schemas/StateChange.avsc")),
-    ("DatasetControl", include_str!("../../../schemas/DatasetControl.avsc")),
-    ("InstanceHeartbeat", include_str!("../../../schemas/InstanceHeartbeat.avsc")),
-    ("QuarantineRecord", include_str!("../../../schemas/QuarantineRecord.avsc")),
+    ("DatasetSubmission", include_str!("../../../../schemas/DatasetSubmission.avsc")),
+    ("Block", include_str!("../../../../schemas/Block.avsc")),
+    ("InferenceResult", include_str!("../../../../schemas/InferenceResult.avsc")),
+    ("ValidatedResult", include_str!("../../../../schemas/ValidatedResult.avsc")),
+    ("StateChange", include_str!("../../../../schemas/StateChange.avsc")),
+    ("DatasetControl", include_str!("../../../../schemas/DatasetControl.avsc")),
+    ("InstanceHeartbeat", include_str!("../../../../schemas/InstanceHeartbeat.avsc")),
+    ("QuarantineRecord", include_str!("../../../../schemas/QuarantineRecord.avsc")),
 ];
 
 /// The text of the schema named `name`.
@@ -43,10 +43,6 @@ pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
-/// Largest allocation a decoded value may ask for. A hostile length prefix of a few
-/// bytes could otherwise make the decoder allocate hundreds of MB; no record Quire takes
-/// in is larger than this (`max_record_bytes` is capped by it).
-pub const MAX_VALUE_BYTES: usize = 16 * 1024 * 1024;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
@@ -65,7 +61,7 @@ pub struct Codec {
 
 impl Codec {
     pub fn new(url: &str) -> Result<Self> {
-        apache_avro::util::max_allocation_bytes(MAX_VALUE_BYTES);
+        apache_avro::util::max_allocation_bytes(crate::record::MAX_VALUE_BYTES);
         let url = url.trim_end_matches('/').to_owned();
         let settings = SrSettings::new_builder(url.clone())
             .set_timeout(Duration::from_secs(10))

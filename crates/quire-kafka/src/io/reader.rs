@@ -7,7 +7,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::ClientContext;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::{Offset, TopicPartitionList};
-use crate::processor::Input;
+use crate::record::Input;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 

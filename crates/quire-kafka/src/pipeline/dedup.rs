@@ -19,9 +19,9 @@
 //! forged `quire-dedup-key` therefore never makes a stage skip a real effect. (A writer
 //! forging all of it on purpose is kept out by ACLs on the topics, not by this index.)
 
-use crate::headers;
-use crate::processor::Input;
-use crate::reader::TopicReader;
+use crate::record::headers;
+use crate::record::Input;
+use crate::io::reader::TopicReader;
 use crate::config::{KafkaArgs, TopicNames};
 use crate::Result;
 use rdkafka::message::{BorrowedMessage, Headers as _};
@@ -108,7 +108,7 @@ fn effect_key(record: &Input, group: &str) -> Option<String> {
                 return None;
             }
         }
-    } else if !record.payload.as_deref().is_some_and(crate::codec::is_wire_format) {
+    } else if !record.payload.as_deref().is_some_and(crate::io::codec::is_wire_format) {
         return None;
     }
     if position.is_some() && kafka_key.as_deref() != Some(key.as_str()) {
@@ -121,7 +121,7 @@ fn effect_key(record: &Input, group: &str) -> Option<String> {
 /// Read from the headers first: most audit records belong to no such effect.
 fn audit_effect_key(message: &BorrowedMessage<'_>, group: &str) -> Option<String> {
     let header = |name: &str| message.headers()?.iter().find(|h| h.key == name).and_then(|h| h.value);
-    if header(headers::EFFECT_OWNER)? != group.as_bytes() || !message.payload().is_some_and(crate::codec::is_wire_format) {
+    if header(headers::EFFECT_OWNER)? != group.as_bytes() || !message.payload().is_some_and(crate::io::codec::is_wire_format) {
         return None;
     }
     String::from_utf8(header(headers::DEDUP_KEY)?.to_vec()).ok()
@@ -138,12 +138,12 @@ fn parse_position(key: &str) -> Option<(&str, i32, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::headers::{dead_letter_headers, DltOrigin};
+    use crate::record::headers::{dead_letter_headers, DltOrigin};
     use quire_core::{ErrorClass, Failure};
 
     const GROUP: &str = "q-claimer";
 
-    fn record(topic: &str, key: &str, payload: &[u8], headers: crate::headers::Headers) -> Input {
+    fn record(topic: &str, key: &str, payload: &[u8], headers: crate::record::headers::Headers) -> Input {
         Input {
             topic: topic.into(),
             partition: 0,
@@ -156,7 +156,7 @@ mod tests {
         }
     }
 
-    fn dead_letter_of(position: (&str, i32, i64), group: &str, dedup_key: &str) -> crate::headers::Headers {
+    fn dead_letter_of(position: (&str, i32, i64), group: &str, dedup_key: &str) -> crate::record::headers::Headers {
         let origin = DltOrigin { topic: position.0.into(), partition: position.1, offset: position.2, timestamp_ms: 1, timestamp_type: "CreateTime", consumer_group: group.into() };
         let mut headers = dead_letter_headers(&origin, &Failure::new(ErrorClass::Data, "malformed-record", "bad"));
         headers.push((headers::DEDUP_KEY.into(), dedup_key.as_bytes().to_vec()));

@@ -11,8 +11,8 @@
 //! or `http/json`) from a batch thread; the endpoint, headers and timeout come from the
 //! standard `OTEL_EXPORTER_OTLP_*` variables.
 
-use crate::headers;
-use crate::processor::Input;
+use crate::record::headers;
+use crate::record::Input;
 use opentelemetry::trace::{Span as _, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};

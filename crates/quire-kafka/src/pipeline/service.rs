@@ -1,10 +1,10 @@
 //! What every stage binary does around its stage: logging, metrics, schema
 //! registration, heartbeats, and a shutdown token cancelled by SIGTERM or Ctrl-C.
 
-use crate::processor::{self, Stage};
-use crate::topics::{register_schemas, TopicsFile};
-use crate::heartbeat::Heartbeats;
-use crate::http;
+use crate::pipeline::{self, Stage};
+use crate::io::topics::register_all_schemas;
+use crate::pipeline::heartbeat::Heartbeats;
+use crate::io::http;
 use std::sync::Arc;
 use std::time::Duration;
 use crate::KafkaArgs;
@@ -25,18 +25,6 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// Registers every topic's value schema under `args.topic_prefix` through `codec`, which
-/// registers them again if the registry loses them.
-pub async fn register_all_schemas(codec: &crate::Codec, args: &KafkaArgs) -> anyhow::Result<()> {
-    let file = TopicsFile::load(None)?;
-    // Schemas do not depend on the profile; any profile names the same topics.
-    let profile = file.profiles.keys().next().cloned().unwrap_or_default();
-    let topics = file.desired(&profile, &args.topic_prefix, &args.retry_schedule())?;
-    let ids = register_schemas(codec, &topics).await?;
-    tracing::info!(schemas = ids.len(), registry = codec.url(), "schemas registered");
-    Ok(())
-}
-
 /// Runs one stage as a service until SIGTERM; an error means the process should exit
 /// non-zero (and be restarted).
 pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()> {
@@ -45,7 +33,7 @@ pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()
 
 /// [`run_stage`], with the stage's own HTTP routes next to `/metrics` and `/health`.
 pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: axum::Router) -> anyhow::Result<()> {
-    let _export = crate::otel::init(&format!("quire-{}", stage.context().stage));
+    let _export = crate::telemetry::otel::init(&format!("quire-{}", stage.context().stage));
     let readiness = stage.context().readiness.clone().checking(&args)?;
     http::serve(&args.metrics_addr, routes, readiness).await?;
     register_all_schemas(&stage.context().codec, &args).await?;
@@ -53,7 +41,7 @@ pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: 
     let heartbeats = Arc::new(Heartbeats::new(&args, stage.context().stage, stage.context().instance.clone())?);
     let ticking = CancellationToken::new();
     let beating = heartbeats.clone().spawn(Duration::from_millis(args.heartbeat_interval_ms), ticking.clone());
-    let result = processor::run(stage, args, shutdown).await;
+    let result = pipeline::run(stage, args, shutdown).await;
     ticking.cancel();
     let _ = beating.await;
     // Only a clean stop says goodbye: an instance that failed is reported dead.

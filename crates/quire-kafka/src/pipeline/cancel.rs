@@ -10,7 +10,7 @@
 //! of its own, so following works from inside or outside an async context.
 
 use crate::config::KafkaArgs;
-use crate::reader::TopicReader;
+use crate::io::reader::TopicReader;
 use crate::{Codec, Error};
 use quire_core::records::{DatasetControl, CANCEL};
 use rdkafka::Message;

@@ -1,0 +1,220 @@
+//! The pipeline every stage runs in: the [`Stage`] API (a stage turns an input record
+//! into [`Effect`]s), and the machinery around it that makes those effects exactly-once.
+//!
+//! # Layout
+//! - [`run`]: the consume → process → produce → commit loop (batches, transactions,
+//!   pauses, rebalances).
+//! - [`dedup`]: the keys a stage already wrote, rebuilt from its own output.
+//! - [`cancel`]: the canceled datasets, followed from the control topic.
+//! - [`heartbeat`]: every stage instance's heartbeats (alive, partitions held, last commit).
+//! - [`service`]: what every stage binary does around its stage (signals, start-up).
+
+pub mod cancel;
+pub mod dedup;
+pub mod heartbeat;
+pub mod run;
+pub mod service;
+
+use crate::config::{KafkaArgs, TopicNames};
+use crate::record::headers::{self, DltOrigin};
+use crate::record::{Input, OutputRecord};
+use crate::telemetry::EffectEvent;
+use crate::io::http::Readiness;
+use crate::{Codec, Result};
+use cancel::CanceledDatasets;
+use heartbeat::InstanceStatus;
+use quire_core::Failure;
+use std::time::Instant;
+
+pub use run::run;
+
+/// The records one input causes under one dedup key. At least one of them must be on
+/// one of the stage's output topics; the loop stamps the dedup key on every record
+/// (`quire-dedup-key`), so that the dedup index finds it again after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Effect {
+    pub dedup_key: String,
+    pub records: Vec<OutputRecord>,
+    /// What the effect makes true, reported once it is committed.
+    pub events: Vec<EffectEvent>,
+    /// Skip the effect if this key is done too (a failure of a block that completed).
+    pub unless_done: Option<String>,
+}
+
+/// Records and the events they make true, as an effect is built up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Writes {
+    pub records: Vec<OutputRecord>,
+    pub events: Vec<EffectEvent>,
+}
+
+impl Writes {
+    pub fn push(&mut self, record: OutputRecord) {
+        self.records.push(record);
+    }
+
+    pub fn append(&mut self, mut more: Writes) {
+        self.records.append(&mut more.records);
+        self.events.append(&mut more.events);
+    }
+}
+
+impl From<Vec<OutputRecord>> for Writes {
+    fn from(records: Vec<OutputRecord>) -> Self {
+        Writes { records, events: Vec::new() }
+    }
+}
+
+impl Effect {
+    pub fn new(dedup_key: String, writes: impl Into<Writes>) -> Self {
+        let Writes { records, events } = writes.into();
+        Effect { dedup_key, records, events, unless_done: None }
+    }
+
+    /// The same effect, also reporting `event` once committed.
+    pub fn with_event(mut self, event: EffectEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+
+    /// The same effect, skipped if `key` is already done.
+    pub fn unless_done(self, key: &str) -> Self {
+        Effect { unless_done: Some(key.to_owned()), ..self }
+    }
+
+    /// The same effect, completing a block `age_ms` after its submission.
+    pub fn completing_block_aged(self, age_ms: i64) -> Self {
+        self.with_event(EffectEvent::BlockCompleted { age_ms })
+    }
+}
+
+/// Why a stage could not process a record. Records the stage can read but rejects are
+/// not errors: the stage turns them into dead-letter effects itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Infrastructure failed (registry down, ...): abort, rewind and try again later.
+    #[error("retry later: {0}")]
+    Retry(String),
+    /// This record can never be processed (e.g. its output does not fit the schema):
+    /// the loop dead-letters it under its position so the partition moves on.
+    #[error("poison record: {0}")]
+    Poison(Failure),
+    /// Not now (every engine's breaker is open): leave the record where it is and pause
+    /// every partition until `until`.
+    #[error("deferred: {reason}")]
+    Defer { until: Instant, reason: String },
+}
+
+/// What a stage knows about where it runs.
+#[derive(Debug, Clone)]
+pub struct StageContext {
+    pub stage: &'static str,
+    pub group: String,
+    pub instance_id: String,
+    pub names: TopicNames,
+    pub codec: Codec,
+    pub canceled: CanceledDatasets,
+    /// Set while the stage has partitions assigned (`/health/ready`).
+    pub readiness: Readiness,
+    /// What this instance holds, for its heartbeats.
+    pub instance: InstanceStatus,
+    /// Largest input record taken in; larger input bytes are left out of dead letters.
+    pub max_record_bytes: usize,
+}
+
+impl StageContext {
+    /// The context of a stage that drops the blocks of canceled datasets (it follows
+    /// the control topic).
+    pub fn new(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+        let canceled = CanceledDatasets::follow(args, &TopicNames::new(&args.topic_prefix).control())?;
+        Self::with_canceled(stage, args, canceled)
+    }
+
+    /// The context of a stage with no use for cancellations (the quarantine files
+    /// failures of canceled datasets too).
+    pub fn ignoring_cancellations(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+        Self::with_canceled(stage, args, CanceledDatasets::default())
+    }
+
+    fn with_canceled(stage: &'static str, args: &KafkaArgs, canceled: CanceledDatasets) -> Result<Self> {
+        let names = TopicNames::new(&args.topic_prefix);
+        Ok(StageContext {
+            canceled,
+            readiness: Readiness::default(),
+            instance: InstanceStatus::default(),
+            stage,
+            group: names.group(stage),
+            instance_id: args.instance_id.clone(),
+            names,
+            codec: Codec::new(&args.schema_registry_url)?,
+            max_record_bytes: args.max_record_bytes,
+        })
+    }
+
+    /// Where `input` came from, as the DLT headers say it.
+    pub fn origin(&self, input: &Input) -> DltOrigin {
+        DltOrigin {
+            topic: input.topic.clone(),
+            partition: input.partition,
+            offset: input.offset,
+            timestamp_ms: input.timestamp_ms,
+            timestamp_type: input.timestamp_type,
+            consumer_group: self.group.clone(),
+        }
+    }
+
+    /// The effect of a record that cannot be processed at all: dead-lettered under its
+    /// position (`topic/partition/offset`).
+    pub fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
+        let key = input.position_key();
+        let records = vec![self.dead_letter(input, failure, &key)];
+        Effect::new(key.clone(), records).with_event(self.dead_lettered(key, failure))
+    }
+
+    /// The event of a record dead-lettered under `key`.
+    pub fn dead_lettered(&self, key: String, failure: &Failure) -> EffectEvent {
+        EffectEvent::DeadLettered { stage: self.stage, instance_id: self.instance_id.clone(), key, failure: failure.clone() }
+    }
+
+    /// The dead-letter record for `input`, which failed with `failure`: the original
+    /// value unchanged, Spring's DLT headers, keyed by `dedup_key`.
+    pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> OutputRecord {
+        let mut headers = headers::dead_letter_headers(&self.origin(input), failure);
+        headers.extend(headers::trace_context(&input.headers));
+        headers.push((headers::IDEMPOTENCY_KEY.into(), dedup_key.as_bytes().to_vec()));
+        // An oversized record stays where it is; its dead letter says where and how big.
+        let payload = match &input.payload {
+            Some(payload) if input.size() > self.max_record_bytes => {
+                headers.push((headers::PAYLOAD_OMITTED_BYTES.into(), payload.len().to_string().into_bytes()));
+                Vec::new()
+            }
+            payload => payload.clone().unwrap_or_default(),
+        };
+        OutputRecord { topic: TopicNames::dead_letter(&input.topic), key: dedup_key.to_owned(), payload, headers }
+    }
+}
+
+/// A pipeline stage: turns one input record into effects.
+#[allow(async_fn_in_trait)]
+pub trait Stage: Send + 'static {
+    fn context(&self) -> &StageContext;
+    fn input_topics(&self) -> Vec<String>;
+    /// Topics whose keys are this stage's dedup keys (its outputs and dead letters).
+    fn output_topics(&self) -> Vec<String>;
+    /// Called once before the first record, e.g. to register schemas.
+    async fn on_start(&mut self) -> Result<()> {
+        Ok(())
+    }
+    async fn process(&mut self, input: &Input) -> std::result::Result<Vec<Effect>, StageError>;
+    /// The effect of a record this stage cannot process at all (too large, or its
+    /// output would be): dead-lettered under its position by default.
+    async fn unprocessable(&mut self, input: &Input, failure: &Failure) -> std::result::Result<Effect, StageError> {
+        Ok(self.context().unreadable(input, failure))
+    }
+    /// Asked after each processed record: `Some(t)` pauses every partition until `t`
+    /// (a dependency is overloaded: back off).
+    fn backpressure_until(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
