@@ -42,6 +42,8 @@ pub enum Error {
     Decode(String),
     #[error("topics file {path}: {message}")]
     Topics { path: String, message: String },
+    #[error("HTTP endpoint {addr}: {message}")]
+    Endpoint { addr: String, message: String },
     #[error("this instance was fenced by a newer one with the same transactional id: {0}")]
     Fenced(String),
     #[error("{0}")]

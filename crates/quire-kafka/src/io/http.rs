@@ -76,21 +76,22 @@ impl Readiness {
 
 /// Installs the Prometheus recorder and serves the endpoint on `addr` (an empty address
 /// serves nothing), with `routes` merged in.
-pub async fn serve(addr: &str, routes: Router, readiness: Readiness) -> anyhow::Result<()> {
+pub async fn serve(addr: &str, routes: Router, readiness: Readiness) -> crate::Result<()> {
     serve_forgetting_gauges(addr, routes, readiness, None).await
 }
 
 /// [`serve`], dropping gauges not set for `idle` (a service that sets its gauges every
 /// round, so that a partition or group gone from the cluster leaves no stale series).
-pub async fn serve_forgetting_gauges(addr: &str, routes: Router, readiness: Readiness, idle: Option<Duration>) -> anyhow::Result<()> {
+pub async fn serve_forgetting_gauges(addr: &str, routes: Router, readiness: Readiness, idle: Option<Duration>) -> crate::Result<()> {
     if addr.is_empty() {
         return Ok(());
     }
-    let socket: SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("HTTP address {addr:?}: {e}"))?;
+    let failed = |message: String| crate::Error::Endpoint { addr: addr.to_owned(), message };
+    let socket: SocketAddr = addr.parse().map_err(|e| failed(format!("not an address: {e}")))?;
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &crate::telemetry::SECONDS_BUCKETS)?
-        .idle_timeout(MetricKindMask::GAUGE, idle)
-        .install_recorder()?;
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &crate::telemetry::SECONDS_BUCKETS)
+        .and_then(|builder| builder.idle_timeout(MetricKindMask::GAUGE, idle).install_recorder())
+        .map_err(|e| failed(format!("metrics recorder: {e}")))?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -99,7 +100,7 @@ pub async fn serve_forgetting_gauges(addr: &str, routes: Router, readiness: Read
         }
     });
     let app = router(handle, readiness).merge(routes);
-    let listener = tokio::net::TcpListener::bind(socket).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(socket).await.map_err(|e| failed(format!("cannot listen: {e}")))?;
     tracing::info!(%addr, "serving /metrics and /health");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

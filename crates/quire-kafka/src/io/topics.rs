@@ -207,7 +207,7 @@ pub async fn register_schemas(codec: &Codec, topics: &[DesiredTopic]) -> Result<
 
 /// Registers every topic's value schema under `args.topic_prefix` through `codec`, which
 /// registers them again if the registry loses them.
-pub async fn register_all_schemas(codec: &crate::Codec, args: &crate::KafkaArgs) -> anyhow::Result<()> {
+pub async fn register_all_schemas(codec: &crate::Codec, args: &crate::KafkaArgs) -> Result<()> {
     let file = TopicsFile::load(None)?;
     // Schemas do not depend on the profile; any profile names the same topics.
     let profile = file.profiles.keys().next().cloned().unwrap_or_default();

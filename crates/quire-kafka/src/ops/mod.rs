@@ -82,7 +82,7 @@ impl Operator {
     pub async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord> {
         self.schemas
             .get_or_try_init(|| async {
-                crate::io::topics::register_all_schemas(&self.codec, &self.args).await.map_err(|e| Error::Other(format!("registering schemas: {e:#}")))
+                crate::io::topics::register_all_schemas(&self.codec, &self.args).await
             })
             .await?;
         Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload: self.codec.encode(topic, value).await?, headers })
