@@ -48,10 +48,19 @@ fn production_compose_wires_brokers_ui_stages_and_prometheus() {
 
     // Every QUIRE_* setting the compose file gives a service is one the code reads.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let code = ["crates/quire-kafka/src/config.rs", "services/watchdog/src/main.rs", "services/inference/src/main.rs", "crates/quire-cli/src/cli/report.rs"]
-        .iter()
-        .map(|f| std::fs::read_to_string(root.join(f)).unwrap())
-        .collect::<String>();
+    fn sources(dir: &Path, code: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, code);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                code.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    sources(&root.join("crates"), &mut code);
+    sources(&root.join("services"), &mut code);
     let mut checked = 0;
     for (name, service) in services.as_mapping().unwrap() {
         for (key, _) in service["environment"].as_mapping().into_iter().flatten() {
