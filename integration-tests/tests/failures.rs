@@ -64,6 +64,53 @@ fn transient_failures_are_retried_until_they_succeed() {
     assert_eq!(server.calls(), completed.len() + 4);
 }
 
+/// A stale copy of a block whose generation inference already answered (a retry the
+/// broker leaked from an aborted batch whose replay then succeeded, as a chaos run
+/// found) is met with an engine that now fails: its failure is not written, so no
+/// PROCESSING, no new retry and no audit event follows the block's COMPLETED.
+#[test]
+fn a_stale_retry_of_a_completed_block_writes_nothing() {
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    use rdkafka::Message;
+    let runtime = runtime();
+    let stack = Stack::start();
+    let server = ModelServer::start(Behaviour::Healthy);
+    let mut pipeline = pipeline(&stack, &[("llm", &server)], "{failure_threshold: 100}", "300,600");
+    pipeline.publish_translation("stale", 1, 2);
+    assert_exactly_once(&pipeline, "stale", 2);
+    server.set(Behaviour::Failing);
+    let names = TopicNames::new(&pipeline.prefix);
+    let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(&pipeline.prefix)).expect("reader");
+    let mut queued = Vec::new();
+    reader
+        .read_to_end(&names.queued(), |_| None, Duration::from_secs(30), |m| {
+            let headers: Vec<(String, Vec<u8>)> = m.headers().map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default();
+            queued.push((m.key().unwrap().to_vec(), m.payload().unwrap().to_vec(), headers));
+        })
+        .expect("read queued");
+    let (key, value, copied) = queued.first().expect("a queued block").clone();
+    let block_id = String::from_utf8(key.clone()).unwrap();
+    let processed_before = metric(&mut pipeline, "quire-inference", "quire_stage_records_total", &[("stage", "inference")]);
+    let retry_topic = format!("{}-retry-300", names.queued());
+    let producer: BaseProducer = stack.rdkafka_config().create().expect("producer");
+    let mut headers = OwnedHeaders::new();
+    for (name, value) in &copied {
+        headers = headers.insert(Header { key: name, value: Some(value) });
+    }
+    producer.send(BaseRecord::to(&retry_topic).key(&key).payload(&value).headers(headers)).expect("send");
+    producer.flush(Duration::from_secs(10)).expect("flush");
+    eventually(WAIT, "inference to read the stale copy", || {
+        (metric(&mut pipeline, "quire-inference", "quire_stage_records_total", &[("stage", "inference")]) > processed_before).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(server.calls() > 2, "the engine was not asked again: the test proved nothing");
+    let (last, events) = last_states(&pipeline, &runtime);
+    let changes: Vec<String> = events.iter().filter(|e| e.block_id == block_id).map(|e| format!("{:?}->{:?}", e.from_state, e.to_state)).collect();
+    assert_eq!(last[&block_id], BlockState::Completed, "events of {block_id}: {changes:?}");
+    assert_eq!(changes, ["Pending->Claimed", "Claimed->Queued", "Queued->Processing", "Processing->Validating", "Validating->Completed"]);
+}
+
 #[test]
 fn exhausted_retries_close_the_block_into_error_and_quarantine_it() {
     let runtime = runtime();

@@ -112,7 +112,9 @@ impl Stage for Inference {
                 // QUEUED → PROCESSING first, then what the failure did.
                 writes.append(Writes { records: effect.records, events: effect.events });
                 (effect.records, effect.events) = (writes.records, writes.events);
-                return Ok(vec![effect]);
+                // A stale copy of a block this generation already answered (a retry left
+                // by an aborted batch whose replay succeeded) writes nothing.
+                return Ok(vec![effect.unless_done(&block_key(&block))]);
             }
         };
         let ctx = &self.context;
