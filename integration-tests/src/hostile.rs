@@ -10,6 +10,7 @@
 
 use crate::{eventually, Pipeline, Service, Stack};
 use quire_core::records::{Block, DatasetSubmission, QuarantineRecord, ValidatedResult};
+use quire_core::StageName;
 use quire_kafka::config::TopicNames;
 use quire_kafka::Codec;
 use rand::rngs::StdRng;
@@ -327,10 +328,10 @@ impl Corpus<'_> {
 /// (Retry topics are left out: they hold each record until its delay is over.)
 fn stage_inputs(names: &TopicNames) -> Vec<(String, Vec<String>)> {
     vec![
-        (names.group("claimer"), vec![names.ingest()]),
-        (names.group("inference"), vec![names.queued()]),
-        (names.group("validator"), vec![names.results()]),
-        (names.group("quarantine"), names.dead_letters()),
+        (names.group(StageName::Claimer), vec![names.ingest()]),
+        (names.group(StageName::Inference), vec![names.queued()]),
+        (names.group(StageName::Validator), vec![names.results()]),
+        (names.group(StageName::Quarantine), names.dead_letters()),
     ]
 }
 

@@ -6,7 +6,7 @@
 use integration_tests::model_server::{Behaviour, ModelServer};
 use integration_tests::*;
 use quire_core::records::{StateChange, ValidatedResult};
-use quire_core::BlockState;
+use quire_core::{BlockState, StageName};
 use quire_kafka::config::TopicNames;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -177,7 +177,7 @@ fn stages_replaying_their_input_from_the_start_write_nothing_again() {
 
     let names = TopicNames::new(&pipeline.prefix);
     // Not the quarantine: nothing failed, so it read nothing.
-    let groups: Vec<String> = ["claimer", "inference", "validator"].iter().map(|stage| names.group(stage)).collect();
+    let groups: Vec<String> = [StageName::Claimer, StageName::Inference, StageName::Validator].map(|stage| names.group(stage)).to_vec();
     for service in &mut pipeline.services {
         assert!(service.terminate(Duration::from_secs(30)), "{} did not stop cleanly", service.name);
     }

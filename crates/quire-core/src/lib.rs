@@ -15,6 +15,7 @@
 //! - [`progress`]: a dataset's progress bar and ETA, from its completion times.
 //! - [`breaker`]: the circuit breaker state machine engines run behind.
 //! - [`rules`]: the validator's output rules.
+//! - [`stage`]: the pipeline's stages by name.
 
 pub mod breaker;
 pub mod failure;
@@ -27,8 +28,10 @@ pub mod retry;
 pub mod rules;
 pub mod screen;
 pub mod split;
+pub mod stage;
 pub mod stall;
 pub mod state;
 
 pub use failure::{ErrorClass, Failure, Policy};
+pub use stage::StageName;
 pub use state::{BlockState, IllegalTransition};

@@ -4,6 +4,7 @@
 
 use clap::{Args, ValueEnum};
 use quire_core::retry::{self, RetrySchedule};
+use quire_core::StageName;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -237,9 +238,43 @@ impl TopicNames {
     pub fn retries(topic: &str, schedule: &RetrySchedule) -> Vec<String> {
         schedule.delays().iter().map(|d| retry::retry_topic(topic, *d)).collect()
     }
+    /// Every topic Quire reads or writes under this prefix (retry topics those of
+    /// `schedule`): what `topics.yaml` must declare.
+    pub fn all(&self, schedule: &RetrySchedule) -> std::collections::BTreeSet<String> {
+        let mut topics: std::collections::BTreeSet<String> = [self.events(), self.control(), self.instances()].into();
+        for stage in StageName::ALL {
+            topics.extend(self.inputs(stage, schedule));
+            topics.extend(self.outputs(stage, schedule));
+        }
+        topics
+    }
     /// The consumer group of a stage.
-    pub fn group(&self, stage: &str) -> String {
-        format!("{}-{}", self.prefix, stage)
+    pub fn group(&self, stage: StageName) -> String {
+        format!("{}-{}", self.prefix, stage.as_str())
+    }
+    /// The topics `stage` consumes (inference's retry topics those of `schedule`).
+    pub fn inputs(&self, stage: StageName, schedule: &RetrySchedule) -> Vec<String> {
+        match stage {
+            StageName::Claimer => vec![self.ingest()],
+            StageName::Inference => self.queued_and_retries(schedule),
+            StageName::Validator => vec![self.results()],
+            StageName::Quarantine => self.dead_letters(),
+        }
+    }
+    /// The topics whose records carry `stage`'s dedup keys: its outputs and dead
+    /// letters (not the queued topic for inference: its keys are the claimer's).
+    pub fn outputs(&self, stage: StageName, schedule: &RetrySchedule) -> Vec<String> {
+        match stage {
+            StageName::Claimer => vec![self.queued(), TopicNames::dead_letter(&self.ingest())],
+            StageName::Inference => {
+                let queued = self.queued();
+                let mut topics = TopicNames::retries(&queued, schedule);
+                topics.extend([self.results(), TopicNames::dead_letter(&queued)]);
+                topics
+            }
+            StageName::Validator => vec![self.completed(), TopicNames::dead_letter(&self.results())],
+            StageName::Quarantine => vec![self.quarantine()],
+        }
     }
 }
 
@@ -265,7 +300,7 @@ mod tests {
         let names = TopicNames::new("t1");
         assert_eq!(names.queued(), "t1.blocks.queued");
         assert_eq!(TopicNames::dead_letter(&names.queued()), "t1.blocks.queued-dlt");
-        assert_eq!(names.group("claimer"), "t1-claimer");
+        assert_eq!(names.group(StageName::Claimer), "t1-claimer");
         let retries = TopicNames::retries(&names.queued(), &RetrySchedule::parse("100,2000").unwrap());
         assert_eq!(retries, ["t1.blocks.queued-retry-100", "t1.blocks.queued-retry-2000"]);
         assert_eq!(TopicNames::dead_letter(&retries[1]), "t1.blocks.queued-dlt");

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use quire_kafka::stages::claimer::Claimer;
+use quire_core::StageName;
 use quire_kafka::{KafkaArgs, StageContext};
 
 #[derive(Parser)]
@@ -18,6 +19,6 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
-    let context = StageContext::new("claimer", &cli.kafka)?;
+    let context = StageContext::new(StageName::Claimer, &cli.kafka)?;
     quire_kafka::pipeline::service::run_stage(Claimer::new(context, cli.max_block_chars), cli.kafka).await
 }

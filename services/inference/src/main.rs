@@ -8,6 +8,7 @@ use axum::{Json, Router};
 use clap::{Parser, ValueEnum};
 use quire_engines::{EngineKind, Engines, EnginesConfig};
 use quire_kafka::stages::inference::Inference;
+use quire_core::StageName;
 use quire_kafka::{KafkaArgs, StageContext};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,8 +60,8 @@ async fn main() -> anyhow::Result<()> {
             refreshed.health();
         }
     });
-    let context = StageContext::new("inference", &cli.kafka)?;
-    let stage = Inference::new(context, engines.clone(), cli.kafka.retry_schedule());
+    let context = StageContext::new(StageName::Inference, &cli.kafka)?;
+    let stage = Inference::new(context, engines.clone());
     quire_kafka::pipeline::service::run_stage_with_routes(stage, cli.kafka, routes(engines)).await
 }
 

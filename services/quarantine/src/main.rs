@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use quire_kafka::stages::quarantine::Quarantine;
+use quire_core::StageName;
 use quire_kafka::{KafkaArgs, StageContext};
 
 #[derive(Parser)]
@@ -15,6 +16,6 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
-    let context = StageContext::ignoring_cancellations("quarantine", &cli.kafka)?;
+    let context = StageContext::ignoring_cancellations(StageName::Quarantine, &cli.kafka)?;
     quire_kafka::pipeline::service::run_stage(Quarantine::new(context), cli.kafka).await
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use quire_kafka::stages::validator::Validator;
+use quire_core::StageName;
 use quire_kafka::{KafkaArgs, StageContext};
 
 #[derive(Parser)]
@@ -15,6 +16,6 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
-    let context = StageContext::new("validator", &cli.kafka)?;
+    let context = StageContext::new(StageName::Validator, &cli.kafka)?;
     quire_kafka::pipeline::service::run_stage(Validator::new(context), cli.kafka).await
 }

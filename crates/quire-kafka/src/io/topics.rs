@@ -222,6 +222,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn topics_yaml_declares_exactly_the_topics_the_code_uses() {
+        let file = TopicsFile::load(None).unwrap();
+        for schedule in [RetrySchedule::default(), RetrySchedule::parse("100,200").unwrap()] {
+            let used = crate::config::TopicNames::new("quire").all(&schedule);
+            for profile in file.profiles.keys() {
+                let declared: std::collections::BTreeSet<String> = file.desired(profile, "quire", &schedule).unwrap().into_iter().map(|t| t.name).collect();
+                assert_eq!(declared, used, "profile {profile}: declared (left) and used (right) differ");
+            }
+        }
+    }
+
+    #[test]
     fn the_shipped_file_parses_and_names_follow_the_prefix() {
         let file = TopicsFile::load(None).unwrap();
         let local = file.desired("local", "t9", &RetrySchedule::parse("100,200").unwrap()).unwrap();

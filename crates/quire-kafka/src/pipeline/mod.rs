@@ -23,7 +23,8 @@ use crate::io::http::Readiness;
 use crate::{Codec, Result};
 use cancel::CanceledDatasets;
 use heartbeat::InstanceStatus;
-use quire_core::Failure;
+use quire_core::retry::RetrySchedule;
+use quire_core::{Failure, StageName};
 use std::time::Instant;
 
 pub use run::run;
@@ -108,7 +109,7 @@ pub enum StageError {
 /// What a stage knows about where it runs.
 #[derive(Debug, Clone)]
 pub struct StageContext {
-    pub stage: &'static str,
+    pub stage: StageName,
     pub group: String,
     pub instance_id: String,
     pub names: TopicNames,
@@ -120,23 +121,25 @@ pub struct StageContext {
     pub instance: InstanceStatus,
     /// Largest input record taken in; larger input bytes are left out of dead letters.
     pub max_record_bytes: usize,
+    /// When failed blocks are retried, and on which retry topics.
+    pub retries: RetrySchedule,
 }
 
 impl StageContext {
     /// The context of a stage that drops the blocks of canceled datasets (it follows
     /// the control topic).
-    pub fn new(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+    pub fn new(stage: StageName, args: &KafkaArgs) -> Result<Self> {
         let canceled = CanceledDatasets::follow(args, &TopicNames::new(&args.topic_prefix).control())?;
         Self::with_canceled(stage, args, canceled)
     }
 
     /// The context of a stage with no use for cancellations (the quarantine files
     /// failures of canceled datasets too).
-    pub fn ignoring_cancellations(stage: &'static str, args: &KafkaArgs) -> Result<Self> {
+    pub fn ignoring_cancellations(stage: StageName, args: &KafkaArgs) -> Result<Self> {
         Self::with_canceled(stage, args, CanceledDatasets::default())
     }
 
-    fn with_canceled(stage: &'static str, args: &KafkaArgs, canceled: CanceledDatasets) -> Result<Self> {
+    fn with_canceled(stage: StageName, args: &KafkaArgs, canceled: CanceledDatasets) -> Result<Self> {
         let names = TopicNames::new(&args.topic_prefix);
         Ok(StageContext {
             canceled,
@@ -148,6 +151,7 @@ impl StageContext {
             names,
             codec: Codec::new(&args.schema_registry_url)?,
             max_record_bytes: args.max_record_bytes,
+            retries: args.retry_schedule(),
         })
     }
 
@@ -173,7 +177,7 @@ impl StageContext {
 
     /// The event of a record dead-lettered under `key`.
     pub fn dead_lettered(&self, key: String, failure: &Failure) -> EffectEvent {
-        EffectEvent::DeadLettered { stage: self.stage, instance_id: self.instance_id.clone(), key, failure: failure.clone() }
+        EffectEvent::DeadLettered { stage: self.stage.as_str(), instance_id: self.instance_id.clone(), key, failure: failure.clone() }
     }
 
     /// The dead-letter record for `input`, which failed with `failure`: the original
@@ -198,9 +202,16 @@ impl StageContext {
 #[allow(async_fn_in_trait)]
 pub trait Stage: Send + 'static {
     fn context(&self) -> &StageContext;
-    fn input_topics(&self) -> Vec<String>;
+    /// Topics the stage subscribes to.
+    fn input_topics(&self) -> Vec<String> {
+        let context = self.context();
+        context.names.inputs(context.stage, &context.retries)
+    }
     /// Topics whose keys are this stage's dedup keys (its outputs and dead letters).
-    fn output_topics(&self) -> Vec<String>;
+    fn output_topics(&self) -> Vec<String> {
+        let context = self.context();
+        context.names.outputs(context.stage, &context.retries)
+    }
     /// Called once before the first record, e.g. to register schemas.
     async fn on_start(&mut self) -> Result<()> {
         Ok(())

@@ -679,7 +679,7 @@ fn run_blocking<S: Stage>(
     runtime: tokio::runtime::Handle,
 ) -> Result<()> {
     let context = stage.context().clone();
-    let stage_name = context.stage;
+    let stage_name = context.stage.as_str();
     let transactional_id = format!("{}-{}-{}", args.topic_prefix, stage_name, args.instance_id);
     let mut producer_config = args.client_config();
     producer_config

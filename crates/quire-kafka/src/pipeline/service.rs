@@ -38,7 +38,7 @@ pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: 
     http::serve(&args.metrics_addr, routes, readiness).await?;
     register_all_schemas(&stage.context().codec, &args).await?;
     let shutdown = shutdown_on_signals();
-    let heartbeats = Arc::new(Heartbeats::new(&args, stage.context().stage, stage.context().instance.clone())?);
+    let heartbeats = Arc::new(Heartbeats::new(&args, stage.context().stage.as_str(), stage.context().instance.clone())?);
     let ticking = CancellationToken::new();
     let beating = heartbeats.clone().spawn(Duration::from_millis(args.heartbeat_interval_ms), ticking.clone());
     let result = pipeline::run(stage, args, shutdown).await;

@@ -58,14 +58,7 @@ impl Stage for Claimer {
         &self.context
     }
 
-    fn input_topics(&self) -> Vec<String> {
-        vec![self.context.names.ingest()]
-    }
 
-    fn output_topics(&self) -> Vec<String> {
-        let ingest = self.context.names.ingest();
-        vec![self.context.names.queued(), crate::config::TopicNames::dead_letter(&ingest)]
-    }
 
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;

@@ -26,15 +26,14 @@ const BACKPRESSURE_MAX: Duration = Duration::from_secs(30);
 pub struct Inference {
     context: StageContext,
     engines: Arc<Engines>,
-    retries: RetrySchedule,
     /// Current backpressure pause (doubles while overload lasts) and when it ends.
     backpressure: Option<(Duration, Instant)>,
     pending_backpressure: Option<Instant>,
 }
 
 impl Inference {
-    pub fn new(context: StageContext, engines: Arc<Engines>, retries: RetrySchedule) -> Self {
-        Inference { context, engines, retries, backpressure: None, pending_backpressure: None }
+    pub fn new(context: StageContext, engines: Arc<Engines>) -> Self {
+        Inference { context, engines, backpressure: None, pending_backpressure: None }
     }
 
     /// Notes an overloaded dependency: the next pause is twice the last, capped.
@@ -60,13 +59,6 @@ impl Stage for Inference {
         vec![queued, pattern]
     }
 
-    fn output_topics(&self) -> Vec<String> {
-        // Not the queued topic itself: its keys are the claimer's.
-        let queued = self.context.names.queued();
-        let mut topics = TopicNames::retries(&queued, &self.retries);
-        topics.extend([self.context.names.results(), TopicNames::dead_letter(&queued)]);
-        topics
-    }
 
     fn backpressure_until(&mut self) -> Option<Instant> {
         self.pending_backpressure.take()
@@ -108,7 +100,7 @@ impl Stage for Inference {
                     self.overloaded();
                 }
                 let ctx = &self.context;
-                let mut effect = ctx.retry_or_fail(input, &block, BlockState::Processing, &chain.failure, &self.retries).await?;
+                let mut effect = ctx.retry_or_fail(input, &block, BlockState::Processing, &chain.failure).await?;
                 // QUEUED → PROCESSING first, then what the failure did.
                 writes.append(Writes { records: effect.records, events: effect.events });
                 (effect.records, effect.events) = (writes.records, writes.events);

@@ -94,7 +94,7 @@ impl StageContext {
         let mut writes = Writes::default();
         for pair in path.windows(2) {
             if let Err(illegal) = state::transition(block.block_id, pair[0], pair[1]) {
-                events::illegal_transition(self.stage, &illegal);
+                events::illegal_transition(self.stage.as_str(), &illegal);
                 return Ok(Err(Failure::data("illegal-transition", illegal.to_string())));
             }
             let change = StateChange {
@@ -102,7 +102,7 @@ impl StageContext {
                 dataset_id: block.dataset_id.to_owned(),
                 from_state: pair[0],
                 to_state: pair[1],
-                stage: self.stage.to_owned(),
+                stage: self.stage.as_str().to_owned(),
                 instance_id: self.instance_id.clone(),
                 reason: reason.map(str::to_owned),
                 request_id: block.request_id.to_owned(),
@@ -111,7 +111,7 @@ impl StageContext {
             let headers = block_headers(block.idempotency_key, block.request_id, block.dataset_id);
             writes.push(self.encode(&self.names.events(), block.block_id, &change, headers).await?);
             writes.events.push(EffectEvent::Transition {
-                stage: self.stage.to_owned(),
+                stage: self.stage.as_str().to_owned(),
                 instance_id: self.instance_id.clone(),
                 block_id: block.block_id.to_owned(),
                 dataset_id: block.dataset_id.to_owned(),
@@ -165,8 +165,8 @@ impl StageContext {
         block: &Block,
         from: BlockState,
         failure: &Failure,
-        schedule: &RetrySchedule,
     ) -> Result<Effect, StageError> {
+        let schedule = &self.retries;
         match schedule.decide(failure, block.attempt.max(0) as u32) {
             RetryDecision::Quarantine => self.block_failed(input, block, from, failure).await,
             RetryDecision::Exhausted { attempts } => {
@@ -195,7 +195,7 @@ impl StageContext {
                 }
                 writes.push(self.encode(&topic, &block.block_id, &retried, headers).await?);
                 writes.events.push(EffectEvent::RetryScheduled {
-                    stage: self.stage,
+                    stage: self.stage.as_str(),
                     instance_id: self.instance_id.clone(),
                     block_id: block.block_id.clone(),
                     failure: failure.clone(),

@@ -59,13 +59,7 @@ impl Stage for Quarantine {
         &self.context
     }
 
-    fn input_topics(&self) -> Vec<String> {
-        self.context.names.dead_letters()
-    }
 
-    fn output_topics(&self) -> Vec<String> {
-        vec![self.context.names.quarantine()]
-    }
 
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;

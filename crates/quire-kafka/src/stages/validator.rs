@@ -25,14 +25,7 @@ impl Stage for Validator {
         &self.context
     }
 
-    fn input_topics(&self) -> Vec<String> {
-        vec![self.context.names.results()]
-    }
 
-    fn output_topics(&self) -> Vec<String> {
-        let results = self.context.names.results();
-        vec![self.context.names.completed(), crate::config::TopicNames::dead_letter(&results)]
-    }
 
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;

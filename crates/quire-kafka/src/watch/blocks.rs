@@ -23,7 +23,7 @@ use crate::watch::lag::GroupLag;
 use crate::{Error, Result};
 use quire_core::records::{Block, InferenceResult, StateChange};
 use quire_core::stall::{BlockWatch, CopyKind, CopyRef, StallPolicy, Stalled, Verdict, STALLED, WATCHDOG_STAGE};
-use quire_core::{BlockState, ErrorClass, Failure};
+use quire_core::{BlockState, ErrorClass, Failure, StageName};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -82,8 +82,8 @@ impl StallWatch {
     /// The consumer group reading `topic`, and the kind of copy it holds.
     fn source_of(&self, topic: &str) -> (String, CopyKind) {
         match topic == self.names.results() {
-            true => (self.names.group("validator"), CopyKind::Result),
-            false => (self.names.group("inference"), CopyKind::Queued),
+            true => (self.names.group(StageName::Validator), CopyKind::Result),
+            false => (self.names.group(StageName::Inference), CopyKind::Queued),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::io::reader::TopicReader;
 use crate::{Codec, Result};
 use quire_core::instances::{InstanceReport, InstanceTable, Liveness};
 use quire_core::records::InstanceHeartbeat;
+use quire_core::StageName;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -15,9 +16,6 @@ pub mod names {
     /// Instances by `service` and `liveness` (alive, stopped, dead).
     pub const INSTANCES: &str = "quire_watchdog_instances";
 }
-
-/// The services that heartbeat.
-pub const SERVICES: [&str; 4] = ["claimer", "inference", "validator", "quarantine"];
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -89,8 +87,9 @@ impl InstanceWatch {
 /// Sets the instance counts, 0 where none, by service (a name no Quire service has
 /// counts as `other`: heartbeats are anyone's to write, label values are not).
 fn export(reports: &[InstanceReport]) {
-    let service_of = |r: &InstanceReport| SERVICES.into_iter().find(|s| *s == r.service).unwrap_or("other");
-    for service in SERVICES.into_iter().chain(["other"]) {
+    // The services that heartbeat: the stages.
+    let service_of = |r: &InstanceReport| StageName::parse(&r.service).map_or("other", StageName::as_str);
+    for service in StageName::ALL.map(StageName::as_str).into_iter().chain(["other"]) {
         for liveness in Liveness::ALL {
             let count = reports.iter().filter(|r| service_of(r) == service && r.liveness == liveness).count();
             metrics::gauge!(names::INSTANCES, "service" => service, "liveness" => liveness.as_str()).set(count as f64);

@@ -12,6 +12,7 @@
 use crate::config::{KafkaArgs, TopicNames};
 use crate::io::reader::{QuietContext, TopicReader};
 use crate::Result;
+use quire_core::StageName;
 use quire_core::lag::{group_status, LagTable, OffsetSample, PartitionStatus, Window, GROUP_STATUSES};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -93,13 +94,8 @@ const METADATA_MAX_AGE_MS: i64 = 60_000;
 
 /// Every stage's consumer group and the topics it consumes.
 pub fn pipeline_groups(args: &KafkaArgs) -> Vec<(String, Vec<String>)> {
-    let names = TopicNames::new(&args.topic_prefix);
-    vec![
-        (names.group("claimer"), vec![names.ingest()]),
-        (names.group("inference"), names.queued_and_retries(&args.retry_schedule())),
-        (names.group("validator"), vec![names.results()]),
-        (names.group("quarantine"), names.dead_letters()),
-    ]
+    let (names, schedule) = (TopicNames::new(&args.topic_prefix), args.retry_schedule());
+    StageName::ALL.into_iter().map(|stage| (names.group(stage), names.inputs(stage, &schedule))).collect()
 }
 
 /// How far behind a stage is right now, as `quire status` shows it.
