@@ -9,11 +9,9 @@
 //! records back until it is due.
 
 use super::{block_headers, block_key, decode_failure, BlockRef};
-use crate::config::TopicNames;
 use crate::pipeline::{Effect, Stage, StageContext, StageError, Writes};
 use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
-use quire_core::retry::RetrySchedule;
 use quire_core::{BlockState, ErrorClass};
 use quire_engines::Engines;
 use std::sync::Arc;

@@ -19,7 +19,7 @@ use crate::record::{Input, OutputRecord};
 use crate::telemetry::{events, EffectEvent};
 use crate::Error;
 use quire_core::records::{now_ms, Block, StateChange};
-use quire_core::retry::{self, RetryDecision, RetrySchedule};
+use quire_core::retry::{self, RetryDecision};
 use quire_core::{state, BlockState, Failure};
 use serde::Serialize;
 
