@@ -9,6 +9,7 @@
 use crate::config::{KafkaArgs, TopicNames};
 use crate::record::headers::{self, Headers};
 use crate::record::OutputRecord;
+use crate::telemetry::EffectEvent;
 use crate::{Codec, Error, Result};
 use quire_core::records::{now_ms, Block, StateChange};
 use quire_core::stall::OPERATOR_STAGE;
@@ -32,6 +33,8 @@ pub struct Operator {
     stage: String,
     /// Who acts, for the audit trail (`$USER`, or the service's instance id).
     pub who: String,
+    /// What the records built since the last commit make true, reported once committed.
+    pending: std::sync::Mutex<Vec<EffectEvent>>,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,6 +70,7 @@ impl Operator {
             names: TopicNames::new(&args.topic_prefix),
             stage: stage.to_owned(),
             who,
+            pending: Default::default(),
         })
     }
 
@@ -91,7 +95,15 @@ impl Operator {
     /// The audit record of `block` going `from → to`, checked by the state machine.
     pub async fn transition(&self, block_id: &str, dataset_id: &str, request_id: &str, from: BlockState, to: BlockState, reason: &str) -> Result<OutputRecord> {
         state::transition(block_id, from, to).map_err(|e| Error::Other(e.to_string()))?;
-        crate::telemetry::events::block_transition(&self.stage, &self.who, block_id, dataset_id, request_id, from, to);
+        self.pending.lock().expect("pending events lock").push(EffectEvent::Transition {
+            stage: self.stage.clone(),
+            instance_id: self.who.clone(),
+            block_id: block_id.to_owned(),
+            dataset_id: dataset_id.to_owned(),
+            request_id: request_id.to_owned(),
+            from,
+            to,
+        });
         let change = StateChange {
             block_id: block_id.to_owned(),
             dataset_id: dataset_id.to_owned(),
@@ -123,7 +135,7 @@ impl Operator {
         Ok(vec![audit, requeued])
     }
 
-    /// Writes `records` in one transaction.
+    /// Writes `records` in one transaction, then reports the transitions they make.
     pub fn commit(&self, records: &[OutputRecord]) -> Result<()> {
         let write = || -> Result<()> {
             self.producer.begin_transaction()?;
@@ -133,8 +145,13 @@ impl Operator {
             self.producer.commit_transaction(TIMEOUT)?;
             Ok(())
         };
-        write().inspect_err(|_| {
+        let written = write().inspect_err(|_| {
             let _ = self.producer.abort_transaction(TIMEOUT);
-        })
+        });
+        let events = std::mem::take(&mut *self.pending.lock().expect("pending events lock"));
+        if written.is_ok() {
+            events.iter().for_each(EffectEvent::emit);
+        }
+        written
     }
 }
