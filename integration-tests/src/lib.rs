@@ -407,10 +407,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
 }
 
+/// Longest a test reads one topic to its end: a full chaos run's audit topic holds
+/// 100 000 records and more on a broker storing them in SQLite.
+const READ_TOPIC_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Number of records on a topic as a read_committed consumer sees them.
 pub fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {
     let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
-    reader.read_to_end(topic, |_| None, Duration::from_secs(60), |_| {}).expect("read topic")
+    reader.read_to_end(topic, |_| None, READ_TOPIC_TIMEOUT, |_| {}).expect("read topic")
 }
 
 /// The `traceparent` header of every record on `topic`, as a read_committed consumer sees them.
@@ -418,7 +422,7 @@ pub fn traceparents(stack: &Stack, prefix: &str, topic: &str) -> Vec<Option<Stri
     let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
     let mut found = Vec::new();
     reader
-        .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
+        .read_to_end(topic, |_| None, READ_TOPIC_TIMEOUT, |m| {
             use rdkafka::message::{Headers, Message};
             let header = m.headers().and_then(|hs| hs.iter().find(|h| h.key == "traceparent").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).into_owned())));
             found.push(header);
@@ -433,7 +437,7 @@ pub fn read_decoded<T: serde::de::DeserializeOwned>(stack: &Stack, prefix: &str,
     let args = stack.kafka_args(prefix);
     let reader = quire_kafka::io::reader::TopicReader::new(&args).expect("reader");
     let mut payloads = Vec::new();
-    reader.read_to_end(topic, |_| None, Duration::from_secs(60), |m| payloads.push(m.payload().map(<[u8]>::to_vec))).expect("read topic");
+    reader.read_to_end(topic, |_| None, READ_TOPIC_TIMEOUT, |m| payloads.push(m.payload().map(<[u8]>::to_vec))).expect("read topic");
     let codec = quire_kafka::Codec::new(&args.schema_registry_url).expect("codec");
     payloads
         .iter()
