@@ -1,7 +1,8 @@
 //! Quire's Kafka layer: everything that touches rdkafka or the schema registry.
 //!
 //! # Layout
-//! Each module imports only the ones above it in this list (`tests::layout` checks):
+//! Each module imports only the ones above it in this list (a unit test,
+//! `every_module_imports_only_the_layers_below_it`, checks):
 //! - [`record`]: the records a stage consumes and produces, and their headers.
 //! - [`config`]: connection and delivery settings shared by every binary, topic names.
 //! - [`telemetry`]: JSON logs, every event with its metric, traces (`otel`).

@@ -43,7 +43,6 @@ pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
-
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// Encodes and decodes records through one schema registry.

@@ -14,8 +14,9 @@
 //! Those topics are also other stages' inputs, where anyone may write anything, so a
 //! record counts only if this stage could have written it (`effect_key`): a dead letter
 //! must carry Spring's DLT headers naming this stage's group, an audit record must name
-//! it as its effect's owner, any other record must be in the wire format, and a key naming a position must also be the record's Kafka key,
-//! as it is on every record Quire files under a position. Garbage carrying a copied or
+//! it as its effect's owner, any other record must be in the wire format, and a key
+//! naming a position must also be the record's Kafka key, as it is on every record
+//! Quire files under a position. Garbage carrying a copied or
 //! forged `quire-dedup-key` therefore never makes a stage skip a real effect. (A writer
 //! forging all of it on purpose is kept out by ACLs on the topics, not by this index.)
 

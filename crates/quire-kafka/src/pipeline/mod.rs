@@ -35,9 +35,8 @@ pub use run::run;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Effect {
     pub dedup_key: String,
-    pub records: Vec<OutputRecord>,
-    /// What the effect makes true, reported once it is committed.
-    pub events: Vec<EffectEvent>,
+    /// Its records, and what they make true (reported once committed).
+    pub writes: Writes,
     /// Skip the effect if this key is done too (a failure of a block that completed).
     pub unless_done: Option<String>,
 }
@@ -68,13 +67,19 @@ impl From<Vec<OutputRecord>> for Writes {
 
 impl Effect {
     pub fn new(dedup_key: String, writes: impl Into<Writes>) -> Self {
-        let Writes { records, events } = writes.into();
-        Effect { dedup_key, records, events, unless_done: None }
+        Effect { dedup_key, writes: writes.into(), unless_done: None }
     }
 
     /// The same effect, also reporting `event` once committed.
     pub fn with_event(mut self, event: EffectEvent) -> Self {
-        self.events.push(event);
+        self.writes.events.push(event);
+        self
+    }
+
+    /// The same effect, with `earlier` written before its own records.
+    pub fn after(mut self, mut earlier: Writes) -> Self {
+        earlier.append(self.writes);
+        self.writes = earlier;
         self
     }
 

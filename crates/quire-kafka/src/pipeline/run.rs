@@ -7,10 +7,10 @@
 //! (last processed + 1) sent inside it. An abortable error aborts, rewinds the consumer
 //! to the batch start and catches the dedup index up; a fenced producer ends the loop
 //! with [`Error::Fenced`] so the process exits and restarts, while a producer librdkafka
-//! failed for good for another reason is replaced by a new one in the same abort. On revocation the open
-//! batch is committed (or aborted if that fails) before the partitions go; each input
-//! record's effects are produced whole before the next record is read, so a commit never
-//! covers half a record.
+//! failed for good for another reason is replaced by a new one in the same abort. On
+//! revocation the open batch is committed (or aborted if that fails) before the
+//! partitions go; each input record's effects are produced whole before the next record
+//! is read, so a commit never covers half a record.
 //!
 //! Every effect is also deduplicated by its key against [`DedupIndex`], so effects stay
 //! exactly-once on brokers that leak aborted writes and in `idempotent` mode, where no
@@ -330,8 +330,8 @@ impl Core {
                 continue;
             }
             self.begin_if_needed()?;
-            let audit_only = effect.records.iter().all(|record| record.topic == self.audit_topic);
-            for record in &effect.records {
+            let audit_only = effect.writes.records.iter().all(|record| record.topic == self.audit_topic);
+            for record in &effect.writes.records {
                 let mut record = record.clone();
                 headers::set_header(&mut record.headers, headers::DEDUP_KEY, effect.dedup_key.as_bytes().to_vec());
                 if audit_only {
@@ -351,7 +351,7 @@ impl Core {
                     self.produce(&record)?;
                 }
             }
-            self.batch.events.extend(effect.events);
+            self.batch.events.extend(effect.writes.events);
             self.batch.pending_keys.insert(effect.dedup_key);
         }
         Ok(duplicates)
@@ -644,7 +644,7 @@ async fn process_within_limits<S: Stage>(
         Some(failure) => failure,
         None => match stage.process(input).await {
             Err(StageError::Poison(failure)) => failure,
-            Ok(effects) => match effects.iter().flat_map(|e| &e.records).find(|r| r.size() > max_output) {
+            Ok(effects) => match effects.iter().flat_map(|e| &e.writes.records).find(|r| r.size() > max_output) {
                 None => return Ok(effects),
                 Some(record) => Failure::data(
                     "output-too-large",

@@ -58,8 +58,6 @@ impl Stage for Claimer {
         &self.context
     }
 
-
-
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
         let submission: DatasetSubmission = match ctx.codec.decode(input.payload.as_deref()).await {

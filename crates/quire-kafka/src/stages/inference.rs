@@ -9,7 +9,7 @@
 //! records back until it is due.
 
 use super::{block_headers, block_key, decode_failure, BlockRef};
-use crate::pipeline::{Effect, Stage, StageContext, StageError, Writes};
+use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
 use quire_core::{BlockState, ErrorClass};
@@ -57,7 +57,6 @@ impl Stage for Inference {
         vec![queued, pattern]
     }
 
-
     fn backpressure_until(&mut self) -> Option<Instant> {
         self.pending_backpressure.take()
     }
@@ -98,13 +97,11 @@ impl Stage for Inference {
                     self.overloaded();
                 }
                 let ctx = &self.context;
-                let mut effect = ctx.retry_or_fail(input, &block, BlockState::Processing, &chain.failure).await?;
-                // QUEUED → PROCESSING first, then what the failure did.
-                writes.append(Writes { records: effect.records, events: effect.events });
-                (effect.records, effect.events) = (writes.records, writes.events);
-                // A stale copy of a block this generation already answered (a retry left
-                // by an aborted batch whose replay succeeded) writes nothing.
-                return Ok(vec![effect.unless_done(&block_key(&block))]);
+                let effect = ctx.retry_or_fail(input, &block, BlockState::Processing, &chain.failure).await?;
+                // QUEUED → PROCESSING first, then what the failure did. A stale copy of a
+                // block this generation already answered (a retry left by an aborted
+                // batch whose replay succeeded) writes nothing.
+                return Ok(vec![effect.after(writes).unless_done(&block_key(&block))]);
             }
         };
         let ctx = &self.context;

@@ -59,8 +59,6 @@ impl Stage for Quarantine {
         &self.context
     }
 
-
-
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
         // A stage's dead letter is filed once under the key its stage gave it; anything

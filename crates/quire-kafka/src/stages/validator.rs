@@ -25,8 +25,6 @@ impl Stage for Validator {
         &self.context
     }
 
-
-
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
         let result: InferenceResult = match ctx.codec.decode(input.payload.as_deref()).await {

@@ -125,7 +125,10 @@ pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: Cancellatio
     let ended = loop {
         tokio::select! {
             _ = stop.cancelled() => break Ok(()),
-            ended = &mut judging => break Err(Error::Other(format!("the block judge stopped: {}", ended.map_err(joined).err().map_or("it returned".into(), |e| e.to_string())))),
+            ended = &mut judging => break Err(match ended {
+                Ok(()) => Error::Other("the block judge stopped".into()),
+                Err(e) => joined(e),
+            }),
             _ = ticker.tick() => {}
         }
         let (now, started) = (now_ms(), Instant::now());
