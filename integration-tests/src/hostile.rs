@@ -8,7 +8,7 @@
 //! report and the documents it built. It reads the quarantine and the completed topic,
 //! and never calls Quire's splitter, ids or verify.
 
-use crate::{eventually, Pipeline, Service, Stack};
+use crate::{Pipeline, Service, Stack};
 use quire_core::records::{Block, DatasetSubmission, QuarantineRecord, ValidatedResult};
 use quire_core::StageName;
 use quire_kafka::config::TopicNames;
@@ -472,6 +472,9 @@ impl Tally {
 }
 
 /// Runs the corpus through a pipeline of its own on `stack` and reports.
+/// Longest the run waits with nothing more filed or completed.
+const NO_PROGRESS_LIMIT: Duration = Duration::from_secs(120);
+
 pub fn run(stack: &Stack, config: &Config) -> Report {
     let started = Instant::now();
     let runtime = crate::runtime();
@@ -578,18 +581,32 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
     // Wait until every bad record is quarantined and every good document completed.
     let mut tally = Tally::new(stack, &pipeline.prefix, &names);
     let expected_completions = good.len() + 1;
-    let outcome = eventually(Duration::from_secs(600), "every bad record quarantined and every good document completed", || {
+    // As long as it takes while records keep being filed or completed: a corpus of any
+    // size, but never more than NO_PROGRESS_LIMIT without either.
+    let mut progress = (Instant::now(), 0);
+    let outcome = loop {
         std::thread::sleep(Duration::from_secs(1));
         // A service that exited would be waited for in vain.
         if pipeline.services.iter_mut().any(|s| !s.running()) {
-            return Some(());
+            break Ok(());
         }
         tally.update(&codec, &runtime);
         let done = bad.iter().all(|(r, (p, o))| tally.filed.contains_key(&(r.topic.clone(), *p, *o)));
         let good_done = tally.completions.iter().filter(|((dataset, _), _)| dataset != TINY_DATASET).map(|(_, n)| n).sum::<usize>() >= expected_completions;
         let tiny_done = tally.tiny_completed_once() + tally.tiny_quarantined.len() >= config.tiny_documents;
-        (done && good_done && tiny_done).then_some(())
-    });
+        if done && good_done && tiny_done {
+            break Ok(());
+        }
+        let seen = tally.filed.len() + tally.tiny_quarantined.len() + tally.completions.values().sum::<usize>();
+        if seen > progress.1 {
+            progress = (Instant::now(), seen);
+        } else if progress.0.elapsed() > NO_PROGRESS_LIMIT {
+            break Err(anyhow::anyhow!(
+                "nothing more was filed or completed for {} s ({seen} records so far): not every bad record quarantined and every good document completed",
+                NO_PROGRESS_LIMIT.as_secs()
+            ));
+        }
+    };
     // A little longer, so that a late duplicate would show.
     std::thread::sleep(Duration::from_secs(2));
     let (max_stall, stalled_partition) = probe.finish();

@@ -176,7 +176,7 @@ fn a_block_lost_again_after_its_redrives_is_quarantined_as_stalled_and_can_be_re
         records.into_iter().find(|r| r.key == block)
     })
     .map(|record| {
-        assert_eq!((record.cause.as_str(), record.error_class.as_str(), record.failed_stage.as_str()), ("stalled", "SYSTEMIC", "inference"), "{record:?}");
+        assert_eq!((record.cause.as_str(), record.error_class.as_str(), record.failed_stage.as_str()), ("stalled", "TRANSIENT", "inference"), "{record:?}");
         assert!(record.reason.contains("re-driven 1 times"), "{record:?}");
         assert_eq!(record.original_offset, second[0].offset, "{record:?}");
     })

@@ -28,6 +28,11 @@ const DOCUMENTED_HIGH_WATERMARK_AFTER_LAST_RECORD: bool = false;
 /// Whether a zombie's commit, with no write after its successor's init, is refused as
 /// fenced (README.md: nisshi 0.7.0 lets it time out; its next write is fenced).
 const DOCUMENTED_QUIET_ZOMBIE_FENCED: bool = false;
+/// Whether a committed transaction becomes visible while another producer's
+/// transaction, open on a partition both wrote, goes on (README.md: nisshi 0.7.0 holds
+/// it back until a commit finds no open overlapping transaction, so two producers that
+/// take turns keep each other's commits invisible).
+const DOCUMENTED_COMMIT_VISIBLE_BESIDE_OPEN_TRANSACTION: bool = false;
 
 fn create_topic(stack: &Stack, topic: &str, partitions: i32) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -208,6 +213,35 @@ fn broker_conformance_report() {
         watermark_counts_records.push(high == 100);
     }
 
+    // 6. Two producers taking turns on a shared partition (as stages do on the audit
+    // topic), each committing while the other has a transaction open there: Kafka makes
+    // every commit visible at once.
+    let (shared, own) = (unique("conf-shared-"), unique("conf-own-"));
+    create_topic(&stack, &shared, 1);
+    create_topic(&stack, &own, 1);
+    let (first, second) = (transactional_producer(&stack, &unique("txn-turns-")), transactional_producer(&stack, &unique("txn-turns-")));
+    first.begin_transaction().unwrap();
+    produce(&first, &own, 1, "first-own");
+    produce(&first, &shared, 1, "first-shared");
+    second.begin_transaction().unwrap();
+    produce(&second, &shared, 1, "second-shared");
+    produce(&first, &shared, 1, "first-shared-again");
+    for turn in 0..3 {
+        first.commit_transaction(T).expect("first commits");
+        first.begin_transaction().unwrap();
+        produce(&first, &shared, 1, &format!("first-{turn}"));
+        second.commit_transaction(T).expect("second commits");
+        second.begin_transaction().unwrap();
+        produce(&second, &shared, 1, &format!("second-{turn}"));
+    }
+    let visible_in_turns = read_committed_count(&stack, &own);
+    let commit_visible_beside_open = visible_in_turns == 1;
+    table.push(("a commit visible while another producer's transaction on a shared partition is open", format!("{visible_in_turns}/1 committed records readable"), commit_visible_beside_open));
+    // Once one of them stops, the other's next commit releases both.
+    second.commit_transaction(T).expect("second commits last");
+    first.commit_transaction(T).expect("first commits last");
+    assert_eq!(read_committed_count(&stack, &own), 1, "the committed record became readable once neither producer had a transaction open");
+
     println!("\nbroker conformance (local stack):");
     for (check, observed, honoured) in &table {
         println!("  [{}] {check}: {observed}", if *honoured { "honoured" } else { "NOT honoured" });
@@ -226,6 +260,11 @@ fn broker_conformance_report() {
         watermark_counts_records,
         [DOCUMENTED_HIGH_WATERMARK_AFTER_LAST_RECORD; 2],
         "the broker's high watermark changed: update README.md's broker deviations and this test"
+    );
+    assert_eq!(
+        commit_visible_beside_open,
+        DOCUMENTED_COMMIT_VISIBLE_BESIDE_OPEN_TRANSACTION,
+        "the broker's visibility of a commit beside an open transaction changed: update README.md's broker deviations and this test"
     );
     assert_eq!(
         leaked > 0,

@@ -1,7 +1,8 @@
 //! Failures, classified by the action they call for.
 //!
 //! [`ErrorClass`] is decided in one place per failure source (the codec, an engine, a
-//! rule) and [`ErrorClass::policy`] says, in this one place, what Quire does about it.
+//! rule, a transaction call) and [`ErrorClass::action`] says, in this one place, what
+//! Quire does about it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -26,21 +27,24 @@ pub enum ErrorClass {
     Fatal,
 }
 
-/// What Quire does about a failure of one class.
+/// What Quire does about a failure: the one table ([`ErrorClass::action`]) that the
+/// stages, the engine chain and the processing loop read to decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Policy {
-    /// Reschedule the record on a retry topic, bounded by the retry schedule.
-    Retry,
-    /// Reschedule it, and slow the stage down for a while.
-    BackpressureAndRetry,
+pub enum Action {
+    /// Try again later: a record goes to the retry topic of its next attempt (ERROR and
+    /// quarantine once the retry schedule is spent); a batch the loop could not finish
+    /// is aborted and read again from its start after a backoff.
+    RetryAfter,
+    /// The same, and slow the stage down for a while.
+    SlowDownAndRetryAfter,
     /// Ask the next engine of the fallback chain (a retry once the chain is exhausted).
     Fallback,
-    /// Dead-letter it at once.
+    /// Dead-letter the record at once.
     Quarantine,
-    /// Leave the record where it is and pause the stage's partitions until a breaker
-    /// half-opens.
+    /// Leave the record where it is and pause the stage's partitions until the
+    /// dependency is back.
     Pause,
-    /// End the process.
+    /// End the process: its supervisor restarts it.
     Exit,
 }
 
@@ -70,15 +74,15 @@ impl ErrorClass {
         ErrorClass::ALL.into_iter().find(|c| c.as_str().eq_ignore_ascii_case(name))
     }
 
-    /// The one policy of this class.
-    pub fn policy(self) -> Policy {
+    /// What a failure of this class calls for.
+    pub fn action(self) -> Action {
         match self {
-            ErrorClass::Transient => Policy::Retry,
-            ErrorClass::Resource => Policy::BackpressureAndRetry,
-            ErrorClass::Model => Policy::Fallback,
-            ErrorClass::Data => Policy::Quarantine,
-            ErrorClass::Systemic => Policy::Pause,
-            ErrorClass::Fatal => Policy::Exit,
+            ErrorClass::Transient => Action::RetryAfter,
+            ErrorClass::Resource => Action::SlowDownAndRetryAfter,
+            ErrorClass::Model => Action::Fallback,
+            ErrorClass::Data => Action::Quarantine,
+            ErrorClass::Systemic => Action::Pause,
+            ErrorClass::Fatal => Action::Exit,
         }
     }
 
@@ -141,6 +145,14 @@ impl Failure {
     pub fn systemic(cause: &'static str, reason: impl Into<String>) -> Self {
         Failure::new(ErrorClass::Systemic, cause, reason)
     }
+    pub fn fatal(cause: &'static str, reason: impl Into<String>) -> Self {
+        Failure::new(ErrorClass::Fatal, cause, reason)
+    }
+
+    /// What this failure calls for.
+    pub fn action(&self) -> Action {
+        self.class.action()
+    }
 }
 
 #[cfg(test)]
@@ -157,11 +169,21 @@ mod tests {
     }
 
     #[test]
-    fn each_class_has_its_own_policy() {
+    fn the_readme_table_gives_each_class_its_action() {
+        let readme = include_str!("../../../README.md");
+        for class in ErrorClass::ALL {
+            let start = format!("| `{}` |", class.as_str());
+            let row = readme.lines().find(|line| line.starts_with(&start)).unwrap_or_else(|| panic!("README.md has no row for {class}"));
+            assert!(row.contains(&format!("| `{:?}` |", class.action())), "README.md's row for {class} does not name {:?}: {row}", class.action());
+        }
+    }
+
+    #[test]
+    fn each_class_has_its_own_action() {
         let policies: std::collections::HashSet<_> =
-            ErrorClass::ALL.iter().map(|c| format!("{:?}", c.policy())).collect();
+            ErrorClass::ALL.iter().map(|c| format!("{:?}", c.action())).collect();
         assert_eq!(policies.len(), ErrorClass::ALL.len());
-        assert_eq!(ErrorClass::Data.policy(), Policy::Quarantine);
+        assert_eq!(ErrorClass::Data.action(), Action::Quarantine);
         assert!(!ErrorClass::Data.counts_against_engine());
         assert!(ErrorClass::Resource.counts_against_engine());
     }

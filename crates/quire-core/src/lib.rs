@@ -32,6 +32,6 @@ pub mod stage;
 pub mod stall;
 pub mod state;
 
-pub use failure::{ErrorClass, Failure, Policy};
+pub use failure::{Action, ErrorClass, Failure};
 pub use stage::StageName;
 pub use state::{BlockState, IllegalTransition};

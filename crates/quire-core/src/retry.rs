@@ -5,7 +5,7 @@
 //! `<topic>-retry-<delay ms>` scheme. After the last delay the block is closed into
 //! ERROR and dead-lettered, deterministically: the same failures always end the same way.
 
-use crate::failure::{Failure, Policy};
+use crate::failure::{Action, Failure};
 use std::time::Duration;
 
 /// The delays of successive retries; its length bounds the attempts.
@@ -57,8 +57,8 @@ impl RetrySchedule {
     /// earlier failed attempts.
     pub fn decide(&self, failure: &Failure, attempts_before: u32) -> RetryDecision {
         let retryable = matches!(
-            failure.class.policy(),
-            Policy::Retry | Policy::BackpressureAndRetry | Policy::Fallback
+            failure.class.action(),
+            Action::RetryAfter | Action::SlowDownAndRetryAfter | Action::Fallback
         );
         if !retryable {
             return RetryDecision::Quarantine;

@@ -11,7 +11,7 @@ use crate::engine::{Engine, Inference, NoopEngine};
 use crate::http::OpenAiEngine;
 use quire_core::breaker::{BreakerState, BreakerStats, CircuitBreaker};
 use quire_core::records::Block;
-use quire_core::{ErrorClass, Failure};
+use quire_core::{ErrorClass, Failure, Action};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -134,7 +134,7 @@ impl Engines {
                     let stop = match &result {
                         Ok(_) => true,
                         // Bad input stays bad whichever engine reads it.
-                        Err(f) => f.class == ErrorClass::Data,
+                        Err(f) => f.class.action() == Action::Quarantine,
                     };
                     results.push(result);
                     if stop {
@@ -279,7 +279,8 @@ fn outcome(results: Vec<Result<Produced, Failure>>, chain: &Chain) -> Result<Cha
     if let Some(data) = failures.iter().find(|f| f.class == ErrorClass::Data) {
         return Err(ChainFailure { failure: data.clone(), resume_at: None });
     }
-    if failures.len() == chain.engines.len() && failures.iter().all(|f| f.cause == "breaker-open") {
+    // Only an open breaker fails an engine call with a class that pauses.
+    if failures.len() == chain.engines.len() && failures.iter().all(|f| f.class.action() == Action::Pause) {
         let resume_at = chain.engines.iter().filter_map(|s| s.breaker.lock().expect("breaker lock").open_until()).min();
         return Err(ChainFailure { failure: Failure::systemic("all-breakers-open", reason), resume_at });
     }

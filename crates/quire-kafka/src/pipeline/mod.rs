@@ -94,21 +94,32 @@ impl Effect {
     }
 }
 
-/// Why a stage could not process a record. Records the stage can read but rejects are
-/// not errors: the stage turns them into dead-letter effects itself.
+/// Why a stage could not turn a record into effects. Records the stage can read but
+/// rejects are not errors: the stage turns them into dead-letter effects itself. The
+/// failure's [`Action`](quire_core::Action) says what the loop does: a record to
+/// quarantine is dead-lettered under its position so the partition moves on (its output
+/// does not fit the schema, say); a pause leaves it unread and pauses every partition
+/// until `resume_at` (every engine's breaker is open); a retry aborts the batch and
+/// reads it again after a backoff (the registry is unreachable); an exit ends the loop.
 #[derive(Debug, thiserror::Error)]
-pub enum StageError {
-    /// Infrastructure failed (registry down, ...): abort, rewind and try again later.
-    #[error("retry later: {0}")]
-    Retry(String),
-    /// This record can never be processed (e.g. its output does not fit the schema):
-    /// the loop dead-letters it under its position so the partition moves on.
-    #[error("poison record: {0}")]
-    Poison(Failure),
-    /// Not now (every engine's breaker is open): leave the record where it is and pause
-    /// every partition until `until`.
-    #[error("deferred: {reason}")]
-    Defer { until: Instant, reason: String },
+#[error("{failure}")]
+pub struct StageError {
+    pub failure: Failure,
+    /// When a paused stage reads again.
+    pub resume_at: Option<Instant>,
+}
+
+impl StageError {
+    /// Pauses the stage until `until`, the record left unread.
+    pub fn pause_until(failure: Failure, until: Instant) -> Self {
+        StageError { failure, resume_at: Some(until) }
+    }
+}
+
+impl From<Failure> for StageError {
+    fn from(failure: Failure) -> Self {
+        StageError { failure, resume_at: None }
+    }
 }
 
 /// What a stage knows about where it runs.

@@ -2,15 +2,18 @@
 //! offsets → commit.
 //!
 //! A stage only turns an input record into [`Effect`]s; this loop owns the clients.
-//! Batches follow Kafka Streams' shape: the transaction begins lazily on the first
-//! output and commits every `max_batch` records or `commit_interval`, with the offsets
-//! (last processed + 1) sent inside it. An abortable error aborts, rewinds the consumer
-//! to the batch start and catches the dedup index up; a fenced producer ends the loop
-//! with [`Error::Fenced`] so the process exits and restarts, while a producer librdkafka
-//! failed for good for another reason is replaced by a new one in the same abort. On
+//! Batches follow Kafka Streams' shape: one transaction every `max_batch` records or
+//! `commit_interval`, holding the batch's outputs and its offsets (last processed + 1);
+//! the outputs are held until the batch commits, so the transaction is open only while
+//! it commits (the local broker needs that, see [`Core::commit`]). What goes wrong is
+//! met by its class's [`Action`]: a failed batch is aborted, the consumer rewound to
+//! its start and the dedup index caught up, then read again after a backoff; a fenced
+//! producer ends the loop with [`Error::Fenced`] so the process exits and restarts,
+//! while a producer librdkafka failed for good for another reason is replaced by a new
+//! one in the same abort. On
 //! revocation the open batch is committed (or aborted if that fails) before the
-//! partitions go; each input record's effects are produced whole before the next record
-//! is read, so a commit never covers half a record.
+//! partitions go; each input record's effects are held whole before the next record is
+//! read, so a commit never covers half a record.
 //!
 //! Every effect is also deduplicated by its key against [`DedupIndex`], so effects stay
 //! exactly-once on brokers that leak aborted writes and in `idempotent` mode, where no
@@ -34,7 +37,7 @@ use crate::record::{Input, OutputRecord};
 use crate::telemetry::{events, EffectEvent};
 use crate::io::http::Readiness;
 use crate::{Error, Result};
-use quire_core::Failure;
+use quire_core::{Action, ErrorClass, Failure};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -82,7 +85,7 @@ struct Batch {
     /// What the batch's effects make true, reported once it commits.
     events: Vec<EffectEvent>,
     delivery_failures_at_start: u64,
-    /// Idempotent mode: outputs held back until the batch's audit events are written.
+    /// The batch's records, produced when it commits (see [`Core::commit`]).
     held: Vec<OutputRecord>,
 }
 
@@ -122,7 +125,8 @@ struct Core {
     batch: Batch,
     dedup: DedupIndex,
     needs_catch_up: bool,
-    fatal: Option<Error>,
+    /// What a rebalance callback failed with (it cannot return it): the loop ends so.
+    callback_error: Option<Error>,
     txn_timeout: Duration,
     pauses: Pauses,
     readiness: Readiness,
@@ -179,12 +183,18 @@ const FENCED_CODES: [RDKafkaErrorCode; 3] =
 
 /// How a transactional call failed, decided by flags and by code: the local broker
 /// flags a fenced producer as abortable, so the code must be checked too.
+#[derive(Debug, thiserror::Error)]
 enum TxnFailure {
+    #[error("{0}")]
     Fenced(String),
+    /// Retried in place (see [`Core::retry`]); never leaves it.
+    #[error("retriable")]
     Retriable,
+    #[error("{0}")]
     Abortable(String),
     /// librdkafka's transaction state cannot be trusted any more (a call kept timing
     /// out, an abort failed): exit, and the restart's init rolls the transaction back.
+    #[error("transaction state unrecoverable, restarting: {0}")]
     Stuck(String),
 }
 
@@ -225,12 +235,26 @@ impl ProducerFactory {
 }
 
 impl TxnFailure {
-    /// The error that ends the loop, for failures that must.
-    fn into_fatal(self) -> Option<Error> {
+    /// Its class: a fenced or stuck producer cannot go on; anything else may succeed
+    /// when the batch is tried again.
+    fn class(&self) -> ErrorClass {
         match self {
-            TxnFailure::Fenced(m) => Some(Error::Fenced(m)),
-            TxnFailure::Stuck(m) => Some(Error::Other(format!("transaction state unrecoverable, restarting: {m}"))),
-            TxnFailure::Retriable | TxnFailure::Abortable(_) => None,
+            TxnFailure::Retriable | TxnFailure::Abortable(_) => ErrorClass::Transient,
+            TxnFailure::Fenced(_) | TxnFailure::Stuck(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// What the loop does about it: abort the batch and read it again after a backoff,
+    /// or end the process.
+    fn action(&self) -> Action {
+        self.class().action()
+    }
+
+    /// The error the loop ends with.
+    fn into_error(self) -> Error {
+        match self {
+            TxnFailure::Fenced(m) => Error::Fenced(m),
+            other => Error::Other(other.to_string()),
         }
     }
 }
@@ -250,19 +274,18 @@ impl Core {
     /// Replaces a producer that failed fatally, unless it was fenced (a newer instance
     /// owns the transactional id: the loop must end). Whatever of the batch the broker
     /// took is found by the catch-up that follows any abort.
-    fn replace_failed_producer(&mut self, code: RDKafkaErrorCode, message: &str) {
+    fn replace_failed_producer(&mut self, code: RDKafkaErrorCode, message: &str) -> Result<()> {
         if FENCED_CODES.contains(&code) {
-            self.fatal = Some(Error::Fenced(message.to_owned()));
-            return;
+            return Err(Error::Fenced(message.to_owned()));
         }
-        match self.producers.create() {
-            Ok(producer) => {
-                events::producer_replaced(self.stage, &self.instance_id, code, message);
-                self.producer = producer;
-                self.batch.txn_open = false;
-            }
-            Err(e) => self.fatal = Some(Error::Other(format!("the producer failed ({message}) and could not be made again: {e}"))),
-        }
+        let producer = self
+            .producers
+            .create()
+            .map_err(|e| Error::Other(format!("the producer failed ({message}) and could not be made again: {e}")))?;
+        events::producer_replaced(self.stage, &self.instance_id, code, message);
+        self.producer = producer;
+        self.batch.txn_open = false;
+        Ok(())
     }
 
     /// Test fault: the producer fails fatally after the configured number of batches.
@@ -283,22 +306,27 @@ impl Core {
         }
     }
 
-    fn begin_if_needed(&mut self) -> Result<()> {
-        if self.mode == DeliveryMode::Transactional && !self.batch.txn_open {
-            if let Err(e) = self.producer.begin_transaction() {
-                if self.producer_failed().is_some() {
-                    // The abort that follows replaces the producer.
-                    return Err(Error::Other(format!("begin_transaction: {e}")));
-                }
-                // begin only fails when the producer's state is broken: never go on.
-                let fatal = classify(&e).into_fatal().unwrap_or_else(|| Error::Other(format!("begin_transaction: {e}")));
-                let message = fatal.to_string();
-                self.fatal = Some(fatal);
-                return Err(Error::Other(message));
+    fn begin(&mut self) -> std::result::Result<(), TxnFailure> {
+        if let Err(e) = self.producer.begin_transaction() {
+            if self.producer_failed().is_some() {
+                // The abort that follows replaces the producer.
+                return Err(TxnFailure::Abortable(format!("begin_transaction: {e}")));
             }
-            self.batch.txn_open = true;
+            // begin only fails when the producer's state is broken: never go on.
+            return Err(match classify(&e) {
+                TxnFailure::Fenced(m) => TxnFailure::Fenced(m),
+                _ => TxnFailure::Stuck(format!("begin_transaction: {e}")),
+            });
         }
+        self.batch.txn_open = true;
         Ok(())
+    }
+
+    /// Produces the held records, or those of them `which` selects.
+    fn produce_held(&mut self, which: impl Fn(&OutputRecord) -> bool) -> std::result::Result<(), TxnFailure> {
+        let (now, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.batch.held).into_iter().partition(|r| which(r));
+        self.batch.held = later;
+        now.iter().try_for_each(|record| self.produce(record)).map_err(|e| TxnFailure::Abortable(format!("produce: {e}")))
     }
 
     fn produce(&mut self, record: &OutputRecord) -> Result<()> {
@@ -315,10 +343,10 @@ impl Core {
         }
     }
 
-    /// Writes the effects of `input` (processed since `started`) not already done;
-    /// returns how many were skipped as duplicates. Records carry `input`'s trace on as
-    /// a child span, or start one (W3C `traceparent`, see `otel`).
-    fn apply(&mut self, input: &Input, effects: Vec<Effect>, started: SystemTime) -> Result<usize> {
+    /// Holds the effects of `input` (processed since `started`) not already done for the
+    /// batch's commit; returns how many were skipped as duplicates. Records carry
+    /// `input`'s trace on as a child span, or start one (W3C `traceparent`, see `otel`).
+    fn apply(&mut self, input: &Input, effects: Vec<Effect>, started: SystemTime) -> usize {
         let trace = crate::telemetry::otel::process_span(self.stage, &self.group, input, started);
         let tracestate = headers::trace_context(&input.headers).into_iter().find(|(n, _)| n == headers::TRACESTATE).map(|(_, v)| v);
         let mut duplicates = 0;
@@ -329,7 +357,6 @@ impl Core {
                 duplicates += 1;
                 continue;
             }
-            self.begin_if_needed()?;
             let audit_only = effect.writes.records.iter().all(|record| record.topic == self.audit_topic);
             for record in &effect.writes.records {
                 let mut record = record.clone();
@@ -342,23 +369,22 @@ impl Core {
                     headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
                 }
                 *self.batch.produced.entry(record.topic.clone()).or_default() += 1;
-                // Without a transaction, nothing makes a batch's records visible at once:
-                // its audit events go first, so no stage downstream can act on a block
-                // before the change that sent it there is in the audit log.
-                if self.mode == DeliveryMode::Idempotent && record.topic != self.audit_topic {
-                    self.batch.held.push(record);
-                } else {
-                    self.produce(&record)?;
-                }
+                self.batch.held.push(record);
             }
             self.batch.events.extend(effect.writes.events);
             self.batch.pending_keys.insert(effect.dedup_key);
         }
-        Ok(duplicates)
+        duplicates
     }
 
+    /// Commits the batch: its held records, then its offsets. Records are held until now
+    /// so that a transaction is open only while it commits: the local broker leaves a
+    /// commit invisible while another producer's transaction is open on a partition both
+    /// wrote (the audit topic, which every stage writes), so stages whose transactions
+    /// stayed open for a whole batch took turns keeping each other's output unreadable
+    /// (see the deviations table in README.md).
     fn commit<C: ConsumerContext>(&mut self, consumer: &BaseConsumer<C>) -> Result<CommitOutcome> {
-        if self.batch.inputs == 0 && !self.batch.txn_open {
+        if self.batch.inputs == 0 && self.batch.held.is_empty() {
             return Ok(CommitOutcome::Empty);
         }
         let committing = Instant::now();
@@ -367,7 +393,7 @@ impl Core {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
         let result = match self.mode {
-            DeliveryMode::Transactional if self.batch.txn_open => self.commit_transaction(consumer, &offsets),
+            DeliveryMode::Transactional if !self.batch.held.is_empty() => self.commit_transaction(consumer, &offsets),
             // Nothing was produced, so there is nothing to make atomic with the offsets: a
             // plain commit (fenced by the group generation) is enough, and the local broker
             // drops the offsets of a transaction that holds no records.
@@ -392,14 +418,8 @@ impl Core {
                 self.inject_fault();
                 Ok(CommitOutcome::Committed)
             }
-            Err(TxnFailure::Abortable(reason)) => {
-                let outcome = self.abort(&reason);
-                match self.fatal.take() {
-                    Some(fatal) => Err(fatal),
-                    None => Ok(outcome),
-                }
-            }
-            Err(other) => Err(other.into_fatal().expect("retriable failures are retried in place")),
+            Err(failure) if failure.action() == Action::Exit => Err(failure.into_error()),
+            Err(failure) => self.abort(&failure.to_string()).map(CommitOutcome::Aborted),
         }
     }
 
@@ -411,6 +431,8 @@ impl Core {
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| TxnFailure::Abortable("consumer has no group metadata".into()))?;
+        self.begin()?;
+        self.produce_held(|_| true)?;
         self.retry(|p, t| p.send_offsets_to_transaction(offsets, &metadata, t))?;
         self.retry(|p, t| p.commit_transaction(t))?;
         self.batch.txn_open = false;
@@ -441,16 +463,18 @@ impl Core {
     }
 
     /// Writes the batch's audit events, then its outputs, each flushed and every record
-    /// delivered, then commits the offsets.
+    /// delivered, then commits the offsets. Without a transaction nothing makes a batch's
+    /// records visible at once: its audit events go first, so no stage downstream can act
+    /// on a block before the change that sent it there is in the audit log.
     fn commit_idempotent<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
     ) -> std::result::Result<(), TxnFailure> {
+        let audit_topic = self.audit_topic.clone();
+        self.produce_held(|record| record.topic == audit_topic)?;
         self.flush_delivered("audit events")?;
-        for record in std::mem::take(&mut self.batch.held) {
-            self.produce(&record).map_err(|e| TxnFailure::Abortable(format!("produce: {e}")))?;
-        }
+        self.produce_held(|_| true)?;
         self.flush_delivered("outputs")?;
         consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
     }
@@ -534,32 +558,40 @@ impl Core {
         Ok(())
     }
 
-    /// Abandons the batch: aborts its transaction, if any, and says where to rewind.
-    /// If the abort itself fails, `fatal` is set: the loop must end.
-    fn abort(&mut self, reason: &str) -> CommitOutcome {
-        if let Some((code, message)) = self.producer_failed() {
-            self.replace_failed_producer(code, &message);
+    /// Keeps the first error a rebalance callback met, for the loop to end with.
+    fn keep_callback_error(&mut self, result: Result<()>) {
+        if let Err(e) = result {
+            self.callback_error.get_or_insert(e);
+        }
+    }
+
+    /// Abandons the batch: aborts its transaction, if any, and says where to rewind. An
+    /// abort that fails, or a failed producer that cannot be replaced, ends the loop.
+    fn abort(&mut self, reason: &str) -> Result<HashMap<(String, i32), i64>> {
+        let ended = if let Some((code, message)) = self.producer_failed() {
+            self.replace_failed_producer(code, &message)
         } else if self.batch.txn_open {
-            if let Err(e) = self.producer.abort_transaction(self.timeout()) {
+            self.producer.abort_transaction(self.timeout()).map_err(|e| {
                 tracing::error!(stage = self.stage, error = %e, "abort_transaction failed");
-                self.fatal = Some(
-                    classify(&e).into_fatal().unwrap_or_else(|| Error::Other(format!("abort_transaction failed: {e}"))),
-                );
-            }
+                match classify(&e) {
+                    failure if failure.action() == Action::Exit => failure.into_error(),
+                    _ => Error::Other(format!("abort_transaction failed: {e}")),
+                }
+            })
         } else if self.mode == DeliveryMode::Idempotent {
             // Let the abandoned batch's writes land before the dedup index is caught up,
             // so the replay finds them instead of writing them again.
-            if let Err(e) = self.producer.flush(self.timeout()) {
-                self.fatal = Some(Error::Other(format!("could not flush an abandoned batch: {e}")));
-            }
-        }
+            self.producer.flush(self.timeout()).map_err(|e| Error::Other(format!("could not flush an abandoned batch: {e}")))
+        } else {
+            Ok(())
+        };
         let batch = std::mem::take(&mut self.batch);
         self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
         events::batch_aborted(self.stage, batch.inputs, reason);
         // Some of the batch's writes may be visible anyway (leaked by the broker, or
         // delivered before the failure in idempotent mode): re-read them before going on.
         self.needs_catch_up = true;
-        CommitOutcome::Aborted(batch.rewind_to)
+        ended.map(|()| batch.rewind_to)
     }
 }
 
@@ -581,14 +613,16 @@ impl ConsumerContext for LoopContext {
             // Partitions already given to another instance: its dedup index cannot see
             // this batch, so it must not be committed.
             Rebalance::Revoke(_) if consumer.assignment_lost() => {
-                core.abort("assignment lost");
+                let aborted = core.abort("assignment lost").map(|_| ());
+                core.keep_callback_error(aborted);
             }
-            Rebalance::Revoke(_) => match core.commit(consumer) {
-                Ok(_) => {}
-                Err(e) => core.fatal = Some(e),
-            },
+            Rebalance::Revoke(_) => {
+                let committed = core.commit(consumer).map(|_| ());
+                core.keep_callback_error(committed);
+            }
             Rebalance::Error(reason) => {
-                core.abort(&format!("rebalance error: {reason}"));
+                let aborted = core.abort(&format!("rebalance error: {reason}")).map(|_| ());
+                core.keep_callback_error(aborted);
             }
             Rebalance::Assign(_) => {}
         }
@@ -643,7 +677,7 @@ async fn process_within_limits<S: Stage>(
     let failure = match input.too_large(max_input) {
         Some(failure) => failure,
         None => match stage.process(input).await {
-            Err(StageError::Poison(failure)) => failure,
+            Err(error) if error.failure.action() == Action::Quarantine => error.failure,
             Ok(effects) => match effects.iter().flat_map(|e| &e.writes.records).find(|r| r.size() > max_output) {
                 None => return Ok(effects),
                 Some(record) => Failure::data(
@@ -717,7 +751,7 @@ fn run_blocking<S: Stage>(
         batch: Batch::default(),
         dedup,
         needs_catch_up: false,
-        fatal: None,
+        callback_error: None,
         txn_timeout,
         pauses: Pauses::default(),
         readiness: context.readiness.clone(),
@@ -765,8 +799,8 @@ fn run_blocking<S: Stage>(
         }
         let message = consumer.poll(Duration::from_millis(100));
         let mut core = core.lock().expect("loop state lock");
-        if let Some(fatal) = core.fatal.take() {
-            break Err(fatal);
+        if let Some(error) = core.callback_error.take() {
+            break Err(error);
         }
         if let Err(e) = core.resume_due(&consumer) {
             break Err(e);
@@ -811,13 +845,17 @@ fn run_blocking<S: Stage>(
             let (processing, processing_since) = (Instant::now(), SystemTime::now());
             let processed = runtime.block_on(process_within_limits(&mut stage, &input, args.max_record_bytes, args.max_output_bytes()));
             events::record_took(stage_name, processing.elapsed());
+            // What the stage could not do: pause or exit here; a retry aborts the batch
+            // below (the record was quarantined already, see `process_within_limits`).
             let processed = match processed {
-                Err(StageError::Defer { until, reason }) => {
-                    if let Err(e) = core.pause_all(&consumer, Some(&input), until, &reason) {
+                Err(error) if error.failure.action() == Action::Pause => {
+                    let until = error.resume_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+                    if let Err(e) = core.pause_all(&consumer, Some(&input), until, &error.failure.reason) {
                         break Err(e);
                     }
                     continue;
                 }
+                Err(error) if error.failure.action() == Action::Exit => break Err(Error::Other(error.to_string())),
                 other => other,
             };
             if let Some(until) = stage.backpressure_until() {
@@ -826,22 +864,17 @@ fn run_blocking<S: Stage>(
                 }
             }
             core.batch.note_input(&input);
-            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| core.apply(&input, effects, processing_since).map_err(|e| e.to_string()));
+            let applied = processed.map(|effects| core.apply(&input, effects, processing_since)).map_err(|e| e.to_string());
             match applied {
                 Ok(duplicates) => {
                     events::record_processed(stage_name, duplicates);
                     backoff = Duration::from_millis(100);
                 }
                 Err(reason) => {
-                    if let Some(fatal) = core.fatal.take() {
-                        break Err(fatal);
-                    }
                     tracing::warn!(stage = stage_name, reason, backoff_ms = backoff.as_millis() as u64, "record failed; retrying batch");
-                    if let CommitOutcome::Aborted(to) = core.abort(&reason) {
-                        rewind = Some(to);
-                    }
-                    if let Some(fatal) = core.fatal.take() {
-                        break Err(fatal);
+                    match core.abort(&reason) {
+                        Ok(to) => rewind = Some(to),
+                        Err(e) => break Err(e),
                     }
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -894,12 +927,13 @@ mod tests {
         for code in FENCED_CODES {
             let error = KafkaError::MessageProduction(code);
             assert!(matches!(classify(&error), TxnFailure::Fenced(_)), "{code:?}");
-            assert!(classify(&error).into_fatal().is_some());
+            assert_eq!(classify(&error).action(), Action::Exit);
+            assert!(matches!(classify(&error).into_error(), Error::Fenced(_)));
         }
         let other = KafkaError::MessageProduction(RDKafkaErrorCode::RequestTimedOut);
         assert!(matches!(classify(&other), TxnFailure::Abortable(_)));
-        assert!(classify(&other).into_fatal().is_none());
-        assert!(TxnFailure::Stuck("x".into()).into_fatal().is_some());
+        assert_eq!(classify(&other).action(), Action::RetryAfter);
+        assert_eq!(TxnFailure::Stuck("x".into()).action(), Action::Exit);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use serde::Serialize;
 /// of the record, an unreachable registry is retried.
 fn decode_failure(error: Error) -> Result<Failure, StageError> {
     match error {
-        Error::Registry { .. } => Err(StageError::Retry(error.to_string())),
+        Error::Registry { .. } => Err(Failure::transient("registry-unreachable", error.to_string()).into()),
         other => Ok(Failure::data("malformed-record", quire_core::screen::bounded_reason(other.to_string()))),
     }
 }
@@ -35,8 +35,8 @@ fn decode_failure(error: Error) -> Result<Failure, StageError> {
 /// An unreachable registry is retried; a record that cannot be encoded never will be.
 fn encode_failure(error: Error) -> StageError {
     match error {
-        Error::Registry { .. } => StageError::Retry(error.to_string()),
-        other => StageError::Poison(Failure::data("unencodable-output", other.to_string())),
+        Error::Registry { .. } => Failure::transient("registry-unreachable", error.to_string()).into(),
+        other => Failure::data("unencodable-output", other.to_string()).into(),
     }
 }
 

@@ -249,7 +249,9 @@ impl StallWatch {
     /// replay` can send it back), Spring's DLT headers naming where it lay and which
     /// stage's group had it. Keyed for dedup by the stall (block and time in state).
     fn dead_letter(&self, block: &Stalled, copy: Option<Input>, reason: String) -> OutputRecord {
-        let failure = Failure::new(ErrorClass::Systemic, STALLED, reason);
+        // Its re-drives were its retries: spent, the block goes to ERROR and quarantine as
+        // a transient failure does once its retry schedule is spent.
+        let failure = Failure::new(ErrorClass::Transient, STALLED, reason);
         let kind = CopyKind::for_state(block.state).unwrap_or(CopyKind::Queued);
         let waiting_on = match kind {
             CopyKind::Queued => self.names.queued(),
