@@ -471,10 +471,10 @@ impl Tally {
     }
 }
 
-/// Runs the corpus through a pipeline of its own on `stack` and reports.
 /// Longest the run waits with nothing more filed or completed.
 const NO_PROGRESS_LIMIT: Duration = Duration::from_secs(120);
 
+/// Runs the corpus through a pipeline of its own on `stack` and reports.
 pub fn run(stack: &Stack, config: &Config) -> Report {
     let started = Instant::now();
     let runtime = crate::runtime();

@@ -145,10 +145,6 @@ impl Failure {
     pub fn systemic(cause: &'static str, reason: impl Into<String>) -> Self {
         Failure::new(ErrorClass::Systemic, cause, reason)
     }
-    pub fn fatal(cause: &'static str, reason: impl Into<String>) -> Self {
-        Failure::new(ErrorClass::Fatal, cause, reason)
-    }
-
     /// What this failure calls for.
     pub fn action(&self) -> Action {
         self.class.action()

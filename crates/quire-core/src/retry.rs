@@ -57,7 +57,7 @@ impl RetrySchedule {
     /// earlier failed attempts.
     pub fn decide(&self, failure: &Failure, attempts_before: u32) -> RetryDecision {
         let retryable = matches!(
-            failure.class.action(),
+            failure.action(),
             Action::RetryAfter | Action::SlowDownAndRetryAfter | Action::Fallback
         );
         if !retryable {

@@ -11,7 +11,7 @@ use crate::engine::{Engine, Inference, NoopEngine};
 use crate::http::OpenAiEngine;
 use quire_core::breaker::{BreakerState, BreakerStats, CircuitBreaker};
 use quire_core::records::Block;
-use quire_core::{ErrorClass, Failure, Action};
+use quire_core::{Action, ErrorClass, Failure};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -134,7 +134,7 @@ impl Engines {
                     let stop = match &result {
                         Ok(_) => true,
                         // Bad input stays bad whichever engine reads it.
-                        Err(f) => f.class.action() == Action::Quarantine,
+                        Err(f) => f.action() == Action::Quarantine,
                     };
                     results.push(result);
                     if stop {
@@ -276,11 +276,11 @@ fn outcome(results: Vec<Result<Produced, Failure>>, chain: &Chain) -> Result<Cha
     }
     let reason = failures.iter().map(|f| f.reason.as_str()).collect::<Vec<_>>().join("; ");
     let has = |class| failures.iter().any(|f| f.class == class);
-    if let Some(data) = failures.iter().find(|f| f.class == ErrorClass::Data) {
+    if let Some(data) = failures.iter().find(|f| f.action() == Action::Quarantine) {
         return Err(ChainFailure { failure: data.clone(), resume_at: None });
     }
     // Only an open breaker fails an engine call with a class that pauses.
-    if failures.len() == chain.engines.len() && failures.iter().all(|f| f.class.action() == Action::Pause) {
+    if failures.len() == chain.engines.len() && failures.iter().all(|f| f.action() == Action::Pause) {
         let resume_at = chain.engines.iter().filter_map(|s| s.breaker.lock().expect("breaker lock").open_until()).min();
         return Err(ChainFailure { failure: Failure::systemic("all-breakers-open", reason), resume_at });
     }

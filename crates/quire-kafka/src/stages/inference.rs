@@ -12,7 +12,7 @@ use super::{block_headers, block_key, decode_failure, BlockRef};
 use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
-use quire_core::{BlockState, Action};
+use quire_core::{Action, BlockState};
 use quire_engines::Engines;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,14 +86,14 @@ impl Stage for Inference {
                 }
                 output
             }
-            Err(chain) if chain.failure.class.action() == Action::Pause => {
+            Err(chain) if chain.failure.action() == Action::Pause => {
                 // Every engine refused: nothing was written, the record is read again
                 // once the first breaker half-opens (soon, if one was reset meanwhile).
                 let until = chain.resume_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
                 return Err(StageError::pause_until(chain.failure, until));
             }
             Err(chain) => {
-                if chain.failure.class.action() == Action::SlowDownAndRetryAfter {
+                if chain.failure.action() == Action::SlowDownAndRetryAfter {
                     self.overloaded();
                 }
                 let ctx = &self.context;
