@@ -4,6 +4,7 @@
 //! - [`state`]: the block state machine; every transition in Quire goes through it.
 //! - [`records`]: the records Quire exchanges between stages (mirrors `schemas/*.avsc`).
 //! - [`ids`]: idempotency keys, deterministic block ids and checksums.
+//! - [`latest`]: a block's latest state and its newest copy, folded from the topics.
 //! - [`split`]: splits a document into blocks, deterministically.
 //! - [`screen`]: checks of records from outside (bounded fields, no control characters,
 //!   block ids that match their keys) before any work is done on them.
@@ -22,6 +23,7 @@ pub mod failure;
 pub mod ids;
 pub mod instances;
 pub mod lag;
+pub mod latest;
 pub mod progress;
 pub mod records;
 pub mod retry;

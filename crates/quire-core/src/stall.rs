@@ -19,6 +19,7 @@
 //! Everything is rebuilt from the topics, so a restarted watchdog judges alike: re-drives
 //! are counted from the audit events the watchdog itself wrote.
 
+use crate::latest::{self, CopyRank};
 use crate::records::StateChange;
 use crate::BlockState;
 use serde::Serialize;
@@ -103,20 +104,14 @@ impl CopyKind {
     }
 }
 
-/// Where a copy of a block lies, and which generation and attempt it is.
+/// Where a copy of a block lies, and how recent it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CopyRef {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    pub generation: i32,
-    pub attempt: i32,
-}
-
-impl CopyRef {
-    fn rank(&self) -> (i32, i32, i64) {
-        (self.generation, self.attempt, self.offset)
-    }
+    #[serde(flatten)]
+    pub rank: CopyRank,
 }
 
 /// What the watchdog knows of one live block.
@@ -183,9 +178,9 @@ impl Stalled {
 pub struct BlockWatch {
     policy: StallPolicy,
     blocks: HashMap<String, Watched>,
-    /// Blocks that completed or were canceled, and when the watchdog learnt it: later
-    /// events of a stale generation must not bring them back to life.
-    finished: HashMap<String, i64>,
+    /// Blocks that completed or were canceled, their end and when the watchdog learnt
+    /// it: later events of a stale generation must not bring them back to life.
+    finished: HashMap<String, (BlockState, i64)>,
     /// Last round's candidates for action: block → (verdict, copy offset).
     candidates: HashMap<String, (Verdict, Option<i64>)>,
 }
@@ -207,12 +202,12 @@ impl BlockWatch {
     /// Applies one audit event read at `now_ms` from `partition` of the audit topic
     /// (events of one block arrive in the order written).
     pub fn on_event(&mut self, change: &StateChange, partition: i32, now_ms: i64) {
-        if self.finished.contains_key(&change.block_id) {
+        if !latest::applies_after(self.finished.get(&change.block_id).map(|&(end, _)| end)) {
             return;
         }
         if change.to_state.is_terminal() {
             self.blocks.remove(&change.block_id);
-            self.finished.insert(change.block_id.clone(), now_ms);
+            self.finished.insert(change.block_id.clone(), (change.to_state, now_ms));
             return;
         }
         let watched = self.blocks.entry(change.block_id.clone()).or_insert_with(|| Watched { seen_ms: now_ms, ..Watched::default() });
@@ -230,13 +225,13 @@ impl BlockWatch {
         }
     }
 
-    /// Notes a copy of `block_id` at `copy`; the newest (generation, attempt, offset) wins.
+    /// Notes a copy of `block_id` at `copy`; the newest ([`latest::replaces`]) wins.
     pub fn on_copy(&mut self, block_id: &str, kind: CopyKind, copy: CopyRef, now_ms: i64) {
         if self.finished.contains_key(block_id) {
             return;
         }
         let watched = self.blocks.entry(block_id.to_owned()).or_insert_with(|| Watched { seen_ms: now_ms, ..Watched::default() });
-        if watched.copies.get(&kind).is_none_or(|seen| copy.rank() >= seen.rank()) {
+        if latest::replaces(copy.rank, watched.copies.get(&kind).map(|seen| seen.rank)) {
             watched.copies.insert(kind, copy);
         }
     }
@@ -314,7 +309,7 @@ impl BlockWatch {
     /// audited within it (their events are gone, or they belong to no block).
     pub fn prune(&mut self, now_ms: i64, horizon: Duration) {
         let oldest = now_ms - horizon.as_millis() as i64;
-        self.finished.retain(|_, at| *at >= oldest);
+        self.finished.retain(|_, (_, at)| *at >= oldest);
         self.blocks.retain(|_, w| w.state.is_some() || w.seen_ms >= oldest);
     }
 }
@@ -343,7 +338,7 @@ mod tests {
     }
 
     fn copy(offset: i64, generation: i32) -> CopyRef {
-        CopyRef { topic: "q".into(), partition: 0, offset, generation, attempt: 0 }
+        CopyRef { topic: "q".into(), partition: 0, offset, rank: CopyRank { generation, attempt: 0, updated_at_ms: offset } }
     }
 
     fn verdicts(watch: &BlockWatch, now: i64, passed: bool) -> Vec<(String, Verdict)> {
@@ -381,7 +376,7 @@ mod tests {
         watch.on_event(&event("b", Processing, Queued, WATCHDOG_STAGE, 7_000), 0, 7_000);
         watch.on_copy("b", CopyKind::Queued, copy(9, 1), 7_000);
         assert!(verdicts(&watch, 17_000, true).is_empty(), "QUEUED has its own TTL");
-        let stalled = watch.stalled(17_001, |_, c| Some(c.generation == 1));
+        let stalled = watch.stalled(17_001, |_, c| Some(c.rank.generation == 1));
         assert_eq!((stalled[0].verdict, stalled[0].redrives), (Verdict::Quarantine, 1));
         assert_eq!(stalled[0].reason(1), "stalled: in QUEUED for 10 s, past its 10 s TTL; re-driven 1 times");
     }
@@ -454,7 +449,7 @@ mod tests {
         watch.on_copy("b", CopyKind::Queued, copy(9, 1), 0);
         watch.on_copy("b", CopyKind::Queued, copy(3, 0), 0);
         watch.on_event(&event("b", Claimed, Queued, "claimer", 0), 0, 0);
-        assert_eq!(watch.stalled(20_000, |_, _| Some(true))[0].copy.as_ref().map(|c| c.generation), Some(1));
+        assert_eq!(watch.stalled(20_000, |_, _| Some(true))[0].copy.as_ref().map(|c| c.rank.generation), Some(1));
     }
 
     #[test]

@@ -4,13 +4,13 @@
 //! all again.
 
 use super::publish::{publish, read_dataset, submissions};
-use super::report::{read_all, wait_for_dataset, DatasetReport};
 use super::stack::{self, DirArgs, Storage, UpArgs};
 use super::topics::{apply_topics, ApplyArgs};
 use anyhow::{bail, Context};
 use quire_core::records::{QuarantineRecord, ValidatedResult};
 use quire_kafka::config::TopicNames;
-use quire_kafka::io::reader::TopicReader;
+use quire_kafka::ops::report::{wait_for_dataset, DatasetReport};
+use quire_kafka::ops::view::read_topics;
 use quire_kafka::{Codec, KafkaArgs};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,7 +135,7 @@ impl LocalPipeline {
 /// Decoded values of every record on `topic`.
 pub async fn read_values<T: serde::de::DeserializeOwned>(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<Vec<T>> {
     let codec = Codec::new(&kafka.schema_registry_url)?;
-    let records = tokio::task::block_in_place(|| read_all(&TopicReader::new(kafka)?, topic))?;
+    let records = read_topics(kafka, &[topic.to_owned()])?.remove(0);
     let mut values = Vec::with_capacity(records.len());
     for (_, payload) in records {
         values.push(codec.decode(payload.as_deref()).await?);

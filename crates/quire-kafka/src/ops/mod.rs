@@ -5,13 +5,25 @@
 //! it is visible whole or not at all, and goes through the block state machine like any
 //! stage. A re-queued block starts a new generation (see `stages`' dedup keys): the
 //! stages process it again, and the validator still lets it into the output only once.
+//!
+//! # Layout
+//! - [`view`]: whole-topic reads folded into blocks' latest states and newest copies.
+//! - [`report`]: where every block of a dataset is (`quire verify`, `quire status`).
+//! - [`replay`], [`redrive`], [`cancel`]: the rules of each action, and its transaction.
+//! - [`Operator`]: the transactional producer every action writes through.
+
+pub mod cancel;
+pub mod redrive;
+pub mod replay;
+pub mod report;
+pub mod view;
 
 use crate::config::{KafkaArgs, TopicNames};
 use crate::record::headers::{self, Headers};
 use crate::record::OutputRecord;
 use crate::telemetry::EffectEvent;
 use crate::{Codec, Error, Result};
-use quire_core::records::{now_ms, Block, StateChange};
+use quire_core::records::{now_ms, Block, QuarantineRecord, StateChange, REPLAYED};
 use quire_core::stall::OPERATOR_STAGE;
 use quire_core::{state, BlockState};
 use crate::record::headers::block_headers;
@@ -74,6 +86,10 @@ impl Operator {
         })
     }
 
+    pub fn args(&self) -> &KafkaArgs {
+        &self.args
+    }
+
     pub fn names(&self) -> &TopicNames {
         &self.names
     }
@@ -133,6 +149,12 @@ impl Operator {
         }
         let requeued = self.encode(&queued, &block.block_id, &next, headers).await?;
         Ok(vec![audit, requeued])
+    }
+
+    /// The quarantine record `record` sent back by `by`: marked `REPLAYED`.
+    pub async fn replayed(&self, record: &QuarantineRecord, by: String) -> Result<OutputRecord> {
+        let replayed = QuarantineRecord { status: REPLAYED.into(), replayed_at_ms: Some(now_ms()), replayed_by: Some(by), ..record.clone() };
+        self.encode(&self.names.quarantine(), &record.key, &replayed, Vec::new()).await
     }
 
     /// Writes `records` in one transaction, then reports the transitions they make.

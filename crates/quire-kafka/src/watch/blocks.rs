@@ -152,7 +152,7 @@ impl StallWatch {
                     CopyKind::Result => codec.decode::<InferenceResult>(payload).await.map(|r| r.block),
                 };
                 block.map(|block| {
-                    let copy = CopyRef { topic: record.topic.clone(), partition: record.partition, offset: record.offset, generation: block.generation, attempt: block.attempt };
+                    let copy = CopyRef { topic: record.topic.clone(), partition: record.partition, offset: record.offset, rank: block.rank() };
                     self.watch.on_copy(&block.block_id, kind, copy, now_ms);
                 })
             };

@@ -12,7 +12,7 @@ mod raw_chain;
 
 use super::demo::{read_values, LocalPipeline, SERVICES};
 use super::publish::{publish, publish_paced, submissions, Document};
-use super::report::wait_for_dataset;
+use quire_kafka::ops::report::wait_for_dataset;
 use quire_core::records::{DatasetSubmission, ValidatedResult};
 use quire_kafka::config::TopicNames;
 use quire_kafka::io::topics::{apply, TopicsFile};
