@@ -39,8 +39,7 @@ pub async fn cancel(operator: &Operator, dataset: &str, reason: Option<&str>) ->
     for change in latest.changes() {
         match change.to_state {
             BlockState::Error => {
-                let canceled = operator.transition(&change.block_id, dataset, &change.request_id, BlockState::Error, BlockState::Canceled, &audit_reason);
-                records.push(canceled.await?);
+                records.push(operator.transition(&change.into(), BlockState::Error, BlockState::Canceled, &audit_reason).await?);
                 report.canceled_at_rest += 1;
             }
             BlockState::Completed => report.already_completed += 1,

@@ -23,9 +23,10 @@ use crate::record::headers::{self, Headers};
 use crate::record::OutputRecord;
 use crate::telemetry::EffectEvent;
 use crate::{Codec, Error, Result};
-use quire_core::records::{now_ms, Block, QuarantineRecord, StateChange, REPLAYED};
+use crate::pipeline::letters::{self, BlockRef};
+use quire_core::records::{now_ms, Block, QuarantineRecord, REPLAYED};
 use quire_core::stall::OPERATOR_STAGE;
-use quire_core::{state, BlockState};
+use quire_core::BlockState;
 use crate::record::headers::block_headers;
 use rdkafka::producer::{BaseProducer, Producer};
 use serde::Serialize;
@@ -109,37 +110,18 @@ impl Operator {
     }
 
     /// The audit record of `block` going `from → to`, checked by the state machine.
-    pub async fn transition(&self, block_id: &str, dataset_id: &str, request_id: &str, from: BlockState, to: BlockState, reason: &str) -> Result<OutputRecord> {
-        state::transition(block_id, from, to).map_err(|e| Error::Other(e.to_string()))?;
-        self.pending.lock().expect("pending events lock").push(EffectEvent::Transition {
-            stage: self.stage.clone(),
-            instance_id: self.who.clone(),
-            block_id: block_id.to_owned(),
-            dataset_id: dataset_id.to_owned(),
-            request_id: request_id.to_owned(),
-            from,
-            to,
-        });
-        let change = StateChange {
-            block_id: block_id.to_owned(),
-            dataset_id: dataset_id.to_owned(),
-            from_state: from,
-            to_state: to,
-            stage: self.stage.clone(),
-            instance_id: self.who.clone(),
-            reason: Some(reason.to_owned()),
-            request_id: request_id.to_owned(),
-            at_ms: now_ms(),
-        };
-        let headers = vec![(headers::DATASET_ID.to_owned(), dataset_id.as_bytes().to_vec())];
-        self.encode(&self.names.events(), block_id, &change, headers).await
+    pub async fn transition(&self, block: &BlockRef<'_>, from: BlockState, to: BlockState, reason: &str) -> Result<OutputRecord> {
+        let audit = letters::audit(block, &self.stage, &self.who, from, to, Some(reason)).map_err(|e| Error::Other(e.to_string()))?;
+        let record = self.encode(&self.names.events(), block.block_id, &audit.change, audit.headers).await?;
+        self.pending.lock().expect("pending events lock").push(audit.event);
+        Ok(record)
     }
 
     /// The records that put `block`, now in `from`, back on the queue as its next
     /// generation with fresh attempts, continuing `trace` (a `traceparent`, or only a
     /// trace id) if known.
     pub async fn requeue(&self, block: &Block, from: BlockState, reason: &str, trace: Option<&str>) -> Result<Vec<OutputRecord>> {
-        let mut audit = self.transition(&block.block_id, &block.dataset_id, &block.request_id, from, BlockState::Queued, reason).await?;
+        let mut audit = self.transition(&BlockRef::from(block), from, BlockState::Queued, reason).await?;
         let next = Block { attempt: 0, generation: block.generation + 1, state: BlockState::Queued, updated_at_ms: now_ms(), ..block.clone() };
         let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
         let queued = self.names.queued();

@@ -47,11 +47,11 @@ impl Redrive {
         let names = operator.names();
         let wanted: HashSet<&str> = blocks.iter().map(String::as_str).collect();
         let codec = operator.codec();
-        let read = read_topics(&operator.args(), &[names.events(), names.quarantine()])?;
+        let read = read_topics(operator.args(), &[names.events(), names.quarantine()])?;
         let [events, quarantine] = <[_; 2]>::try_from(read).expect("two topics read");
         Ok(Redrive {
             states: latest_states(codec, &events, |id| wanted.contains(id), |_| true).await,
-            copies: newest_copies(&operator.args(), codec, &wanted).await?,
+            copies: newest_copies(operator.args(), codec, &wanted).await?,
             quarantined: latest_quarantine(codec, &quarantine).await,
             force,
         })

@@ -139,7 +139,8 @@ fn parse_position(key: &str) -> Option<(&str, i32, i64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::headers::{dead_letter_headers, DltOrigin};
+    use crate::pipeline::letters::DeadLetter;
+    use crate::record::headers::DltOrigin;
     use quire_core::{ErrorClass, Failure};
 
     const GROUP: &str = "q-claimer";
@@ -159,9 +160,8 @@ mod tests {
 
     fn dead_letter_of(position: (&str, i32, i64), group: &str, dedup_key: &str) -> crate::record::headers::Headers {
         let origin = DltOrigin { topic: position.0.into(), partition: position.1, offset: position.2, timestamp_ms: 1, timestamp_type: "CreateTime", consumer_group: group.into() };
-        let mut headers = dead_letter_headers(&origin, &Failure::new(ErrorClass::Data, "malformed-record", "bad"));
-        headers.push((headers::DEDUP_KEY.into(), dedup_key.as_bytes().to_vec()));
-        headers
+        let failure = Failure::new(ErrorClass::Data, "malformed-record", "bad");
+        DeadLetter::new(&origin, &failure, dedup_key, None).set(headers::DEDUP_KEY, dedup_key.as_bytes().to_vec()).build().headers
     }
 
     const AVRO: &[u8] = &[0, 0, 0, 0, 1, 2, 3];

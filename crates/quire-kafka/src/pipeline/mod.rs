@@ -2,6 +2,7 @@
 //! into [`Effect`]s), and the machinery around it that makes those effects exactly-once.
 //!
 //! # Layout
+//! - [`letters`]: the one builder of audit records and the one of dead letters.
 //! - [`run`]: the consume → process → produce → commit loop (batches, transactions,
 //!   pauses, rebalances).
 //! - [`dedup`]: the keys a stage already wrote, rebuilt from its own output.
@@ -12,6 +13,7 @@
 pub mod cancel;
 pub mod dedup;
 pub mod heartbeat;
+pub mod letters;
 pub mod run;
 pub mod service;
 
@@ -22,6 +24,7 @@ use crate::telemetry::EffectEvent;
 use crate::io::http::Readiness;
 use crate::{Codec, Result};
 use cancel::CanceledDatasets;
+use letters::DeadLetter;
 use heartbeat::InstanceStatus;
 use quire_core::retry::RetrySchedule;
 use quire_core::{Failure, StageName};
@@ -187,7 +190,7 @@ impl StageContext {
     /// position (`topic/partition/offset`).
     pub fn unreadable(&self, input: &Input, failure: &Failure) -> Effect {
         let key = input.position_key();
-        let records = vec![self.dead_letter(input, failure, &key)];
+        let records = vec![self.dead_letter(input, failure, &key).build()];
         Effect::new(key.clone(), records).with_event(self.dead_lettered(key, failure))
     }
 
@@ -196,21 +199,16 @@ impl StageContext {
         EffectEvent::DeadLettered { stage: self.stage.as_str(), instance_id: self.instance_id.clone(), key, failure: failure.clone() }
     }
 
-    /// The dead-letter record for `input`, which failed with `failure`: the original
-    /// value unchanged, Spring's DLT headers, keyed by `dedup_key`.
-    pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> OutputRecord {
-        let mut headers = headers::dead_letter_headers(&self.origin(input), failure);
-        headers.extend(headers::trace_context(&input.headers));
-        headers.push((headers::IDEMPOTENCY_KEY.into(), dedup_key.as_bytes().to_vec()));
+    /// The dead letter of `input`, which failed with `failure`, keyed by `dedup_key`.
+    pub fn dead_letter(&self, input: &Input, failure: &Failure, dedup_key: &str) -> DeadLetter {
+        let letter = DeadLetter::new(&self.origin(input), failure, dedup_key, input.payload.clone())
+            .traced_from(&input.headers)
+            .set(headers::IDEMPOTENCY_KEY, dedup_key.as_bytes().to_vec());
         // An oversized record stays where it is; its dead letter says where and how big.
-        let payload = match &input.payload {
-            Some(payload) if input.size() > self.max_record_bytes => {
-                headers.push((headers::PAYLOAD_OMITTED_BYTES.into(), payload.len().to_string().into_bytes()));
-                Vec::new()
-            }
-            payload => payload.clone().unwrap_or_default(),
-        };
-        OutputRecord { topic: TopicNames::dead_letter(&input.topic), key: dedup_key.to_owned(), payload, headers }
+        match input.payload.is_some() && input.size() > self.max_record_bytes {
+            true => letter.without_payload(),
+            false => letter,
+        }
     }
 }
 

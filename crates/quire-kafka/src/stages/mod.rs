@@ -14,13 +14,14 @@ pub mod quarantine;
 pub mod validator;
 
 use crate::record::headers::{self, block_headers, Headers};
+use crate::pipeline::letters::{self, BlockRef};
 use crate::pipeline::{Effect, StageContext, StageError, Writes};
 use crate::record::{Input, OutputRecord};
 use crate::telemetry::{events, EffectEvent};
 use crate::Error;
-use quire_core::records::{now_ms, Block, StateChange};
+use quire_core::records::{now_ms, Block};
 use quire_core::retry::{self, RetryDecision};
-use quire_core::{state, BlockState, Failure};
+use quire_core::{BlockState, Failure};
 use serde::Serialize;
 
 /// Turns a codec error into what the stage does about it: bad bytes are a data failure
@@ -58,25 +59,6 @@ pub fn failure_key(block: &Block) -> String {
     format!("{}#g{}@failed", block.block_id, block.generation)
 }
 
-/// Identity of the block whose transitions a stage records.
-struct BlockRef<'a> {
-    block_id: &'a str,
-    dataset_id: &'a str,
-    request_id: &'a str,
-    idempotency_key: &'a str,
-}
-
-impl<'a> From<&'a quire_core::records::Block> for BlockRef<'a> {
-    fn from(block: &'a quire_core::records::Block) -> Self {
-        BlockRef {
-            block_id: &block.block_id,
-            dataset_id: &block.dataset_id,
-            request_id: &block.request_id,
-            idempotency_key: &block.idempotency_key,
-        }
-    }
-}
-
 impl StageContext {
     async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord, StageError> {
         let payload = self.codec.encode(topic, value).await.map_err(encode_failure)?;
@@ -93,32 +75,15 @@ impl StageContext {
     ) -> Result<Result<Writes, Failure>, StageError> {
         let mut writes = Writes::default();
         for pair in path.windows(2) {
-            if let Err(illegal) = state::transition(block.block_id, pair[0], pair[1]) {
-                events::illegal_transition(self.stage.as_str(), &illegal);
-                return Ok(Err(Failure::data("illegal-transition", illegal.to_string())));
-            }
-            let change = StateChange {
-                block_id: block.block_id.to_owned(),
-                dataset_id: block.dataset_id.to_owned(),
-                from_state: pair[0],
-                to_state: pair[1],
-                stage: self.stage.as_str().to_owned(),
-                instance_id: self.instance_id.clone(),
-                reason: reason.map(str::to_owned),
-                request_id: block.request_id.to_owned(),
-                at_ms: now_ms(),
+            let audit = match letters::audit(block, self.stage.as_str(), &self.instance_id, pair[0], pair[1], reason) {
+                Ok(audit) => audit,
+                Err(illegal) => {
+                    events::illegal_transition(self.stage.as_str(), &illegal);
+                    return Ok(Err(Failure::data("illegal-transition", illegal.to_string())));
+                }
             };
-            let headers = block_headers(block.idempotency_key, block.request_id, block.dataset_id);
-            writes.push(self.encode(&self.names.events(), block.block_id, &change, headers).await?);
-            writes.events.push(EffectEvent::Transition {
-                stage: self.stage.as_str().to_owned(),
-                instance_id: self.instance_id.clone(),
-                block_id: block.block_id.to_owned(),
-                dataset_id: block.dataset_id.to_owned(),
-                request_id: block.request_id.to_owned(),
-                from: pair[0],
-                to: pair[1],
-            });
+            writes.push(self.encode(&self.names.events(), block.block_id, &audit.change, audit.headers).await?);
+            writes.events.push(audit.event);
         }
         Ok(Ok(writes))
     }
@@ -145,13 +110,11 @@ impl StageContext {
             Writes::default()
         };
         let dedup_key = failure_key(block);
-        let mut dead = self.dead_letter(input, failure, &dedup_key);
-        dead.key = block.block_id.clone();
-        headers::set_header(&mut dead.headers, headers::DATASET_ID, block.dataset_id.as_bytes().to_vec());
-        headers::set_header(&mut dead.headers, headers::RETRY_ATTEMPTS, (block.attempt + 1).to_be_bytes().to_vec());
-        let first_failed = first_failed_at(input);
-        headers::set_header(&mut dead.headers, headers::FIRST_FAILED_AT, first_failed.to_be_bytes().to_vec());
-        writes.push(dead);
+        let dead = self
+            .dead_letter(input, failure, &dedup_key)
+            .of_block(&block_ref, block.attempt + 1)
+            .set(headers::FIRST_FAILED_AT, first_failed_at(input).to_be_bytes().to_vec());
+        writes.push(dead.build());
         writes.events.push(self.dead_lettered(dedup_key.clone(), failure));
         Ok(Effect::new(dedup_key, writes))
     }

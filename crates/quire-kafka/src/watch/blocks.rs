@@ -17,6 +17,7 @@
 use crate::config::{KafkaArgs, TopicNames};
 use crate::record::headers::{self, DltOrigin};
 use crate::ops::Operator;
+use crate::pipeline::letters::{BlockRef, DeadLetter};
 use crate::record::{Input, OutputRecord};
 use crate::io::reader::TopicReader;
 use crate::watch::lag::GroupLag;
@@ -226,7 +227,7 @@ impl StallWatch {
                 tracing::warn!(block_id = %block.block_id, dataset_id = %block.dataset_id, request_id = %block.request_id, state, generation = latest.generation + 1, reason, "stalled block re-driven");
             }
             (_, copy) => {
-                let audit = self.operator.transition(&block.block_id, &block.dataset_id, &block.request_id, block.state, BlockState::Error, &reason).await?;
+                let audit = self.operator.transition(&block.into(), block.state, BlockState::Error, &reason).await?;
                 let records = vec![audit, self.dead_letter(block, copy, reason.clone())];
                 tokio::task::block_in_place(|| self.operator.commit(&records))?;
                 metrics::counter!(names::QUARANTINED, "state" => state).increment(1);
@@ -262,21 +263,19 @@ impl StallWatch {
             Some(c) => DltOrigin { topic: c.topic.clone(), partition: c.partition, offset: c.offset, timestamp_ms: c.timestamp_ms, timestamp_type: c.timestamp_type, consumer_group: group },
             None => DltOrigin { topic: waiting_on, partition: -1, offset: -1, timestamp_ms: block.since_ms, timestamp_type: "CreateTime", consumer_group: group },
         };
-        let mut headers = headers::dead_letter_headers(&origin, &failure);
-        let dedup_key = format!("{}@{STALLED}-{}", block.block_id, block.since_ms);
-        headers.push((headers::DEDUP_KEY.into(), dedup_key.into_bytes()));
-        headers.push((headers::DATASET_ID.into(), block.dataset_id.as_bytes().to_vec()));
-        headers.push((headers::REQUEST_ID.into(), block.request_id.as_bytes().to_vec()));
-        headers.push((headers::RETRY_ATTEMPTS.into(), (block.redrives as i32 + 1).to_be_bytes().to_vec()));
-        if let Some(trace) = copy.as_ref().and_then(|c| headers::header(&c.headers, headers::TRACEPARENT)) {
-            headers.push((headers::TRACEPARENT.into(), trace.to_vec()));
-        }
-        OutputRecord {
-            topic: TopicNames::dead_letter(&origin.topic),
-            key: block.block_id.clone(),
-            payload: copy.and_then(|c| c.payload).unwrap_or_default(),
-            headers,
-        }
+        let payload = copy.as_ref().and_then(|c| c.payload.clone());
+        let trace = copy.map(|c| c.headers).unwrap_or_default();
+        DeadLetter::new(&origin, &failure, &block.block_id, payload)
+            .traced_from(&trace)
+            .of_block(&block.into(), block.redrives as i32 + 1)
+            .set(headers::DEDUP_KEY, format!("{}@{STALLED}-{}", block.block_id, block.since_ms).into_bytes())
+            .build()
+    }
+}
+
+impl<'a> From<&'a Stalled> for BlockRef<'a> {
+    fn from(block: &'a Stalled) -> Self {
+        BlockRef { block_id: &block.block_id, dataset_id: &block.dataset_id, request_id: &block.request_id, idempotency_key: None }
     }
 }
 
