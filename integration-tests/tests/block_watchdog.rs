@@ -9,6 +9,7 @@ use quire_core::records::{QuarantineRecord, StateChange};
 use quire_core::BlockState;
 use quire_kafka::config::TopicNames;
 use quire_kafka::ops::Operator;
+use quire_kafka::pipeline::letters::BlockRef;
 use quire_kafka::record::Input;
 use quire_kafka::io::reader::TopicReader;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -104,8 +105,9 @@ fn a_block_held_in_processing_past_its_ttl_is_redriven_and_completes_once() {
     args.instance_id = "lost-instance".into();
     let lost = Operator::service(&args, "inference").expect("operator");
     let runtime = runtime();
+    let held = BlockRef { block_id: &block, dataset_id: "held", request_id: "request", idempotency_key: None };
     let processing = runtime
-        .block_on(lost.transition(&block, "held", "request", BlockState::Queued, BlockState::Processing, "taken by an instance that died"))
+        .block_on(lost.transition(&held, BlockState::Queued, BlockState::Processing, "taken by an instance that died"))
         .expect("audit record");
     lost.commit(&[processing]).expect("write PROCESSING");
 
