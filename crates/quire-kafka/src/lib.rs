@@ -15,6 +15,8 @@
 //! - [`ops`]: operator actions on blocks (replay, re-drive, cancel), one transaction each.
 //! - [`watch`]: the watchdogs: consumer-group lag (`lag`), stalled blocks (`blocks`),
 //!   dead instances (`instances`).
+//! - `testing` (unit tests only, above them all): a schema registry and a model server
+//!   on loopback, which the stages' tests run against.
 
 pub mod record;
 pub mod config;
@@ -24,6 +26,8 @@ pub mod pipeline;
 pub mod stages;
 pub mod ops;
 pub mod watch;
+#[cfg(test)]
+mod testing;
 
 pub use config::{DeliveryMode, KafkaArgs};
 pub use io::codec::Codec;

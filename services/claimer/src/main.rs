@@ -1,6 +1,7 @@
 //! quire-claimer: dataset documents in, queued blocks out.
 
 use clap::Parser;
+use quire_kafka::pipeline::service::{run_stage, shutdown_on_signals};
 use quire_kafka::stages::claimer::Claimer;
 use quire_core::StageName;
 use quire_kafka::{KafkaArgs, StageContext};
@@ -20,5 +21,5 @@ async fn main() -> anyhow::Result<()> {
     quire_kafka::telemetry::init_logging();
     let cli = Cli::parse();
     let context = StageContext::new(StageName::Claimer, &cli.kafka)?;
-    quire_kafka::pipeline::service::run_stage(Claimer::new(context, cli.max_block_chars), cli.kafka).await
+    run_stage(Claimer::new(context, cli.max_block_chars), cli.kafka, shutdown_on_signals()).await
 }

@@ -52,17 +52,23 @@ async fn main() -> anyhow::Result<()> {
     let engines = Arc::new(tokio::task::spawn_blocking(move || Engines::build(&config)).await??);
     tracing::info!(engines = ?engines.names(), "engines loaded");
     // Breaker gauges follow time (open → half-open) even when no block calls an engine.
-    let refreshed = engines.clone();
-    tokio::spawn(async move {
+    let shutdown = quire_kafka::pipeline::service::shutdown_on_signals();
+    let (refreshed, stop) = (engines.clone(), shutdown.clone());
+    let refreshing = tokio::spawn(async move {
         let mut ticker = tokio::time::interval(Duration::from_secs(5));
         loop {
-            ticker.tick().await;
-            refreshed.health();
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => refreshed.health(),
+            };
         }
     });
     let context = StageContext::new(StageName::Inference, &cli.kafka)?;
     let stage = Inference::new(context, engines.clone());
-    quire_kafka::pipeline::service::run_stage_with_routes(stage, cli.kafka, routes(engines)).await
+    let ended = quire_kafka::pipeline::service::run_stage_with_routes(stage, cli.kafka, routes(engines), shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = refreshing.await;
+    ended
 }
 
 fn routes(engines: Arc<Engines>) -> Router {

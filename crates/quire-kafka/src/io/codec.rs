@@ -4,7 +4,10 @@
 //! Schemas live in `schemas/*.avsc` and are compiled in. Each binary registers them at
 //! start-up under TopicNameStrategy subjects (`<topic>-value`) with BACKWARD
 //! compatibility, and again if it finds the registry has lost them (the local registry
-//! keeps schemas in memory): until then, records are retried, never quarantined.
+//! keeps schemas in memory): until then, records are retried, never quarantined. The
+//! converter caches failed lookups (all but network failures and 502/503); a cached
+//! failure is looked up again once, so a registry that failed for a moment (a 500 from
+//! its store) neither stops a stage nor makes good records look bad.
 
 use crate::{Error, Result};
 use apache_avro::Schema;
@@ -215,7 +218,16 @@ impl Codec {
     /// Encodes `record` for `topic` with the latest schema of `<topic>-value`.
     pub async fn encode<T: Serialize>(&self, topic: &str, record: &T) -> Result<Vec<u8>> {
         let strategy = SubjectNameStrategy::TopicNameStrategy(topic.to_owned(), false);
-        match self.encoder.encode_struct(record, &strategy).await {
+        let encoded = match self.encoder.encode_struct(record, &strategy).await {
+            // The converter keeps failed lookups, a registry's 500 for a moment
+            // included: one is asked anew before it counts.
+            Err(e) if e.cached => {
+                self.encoder.remove_errors_from_cache();
+                self.encoder.encode_struct(record, &strategy).await
+            }
+            other => other,
+        };
+        match encoded {
             Ok(bytes) => Ok(bytes),
             Err(e) if e.retriable => Err(self.registry_error(e)),
             // A registry that restarted empty knows no subject: the schemas come back
@@ -235,6 +247,15 @@ impl Codec {
         }
         let id = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes"));
         let decoded = match self.decoder.decode(Some(bytes)).await {
+            // The converter keeps failed lookups, a registry's 500 for a moment
+            // included: one is asked anew before it counts.
+            Err(e) if e.cached => {
+                self.decoder.remove_errors_from_cache();
+                self.decoder.decode(Some(bytes)).await
+            }
+            other => other,
+        };
+        let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(e) if e.retriable => return Err(self.registry_error(e)),
             Err(e) => return Err(self.refusal(id, e.to_string()).await),

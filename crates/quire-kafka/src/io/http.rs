@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Whether the service is ready: it has work (a stage: partitions assigned; the
 /// watchdog: a successful poll) and, when asked, reaches the broker and the registry.
@@ -74,17 +75,53 @@ impl Readiness {
     }
 }
 
+/// A served endpoint: its task, which ends at shutdown or when serving fails.
+#[derive(Debug, Default)]
+pub struct Endpoint {
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Endpoint {
+    /// Waits until the endpoint stops (never, for an address that serves nothing), and
+    /// says why if it was not asked to.
+    pub async fn stopped(&mut self) -> crate::Result<()> {
+        let Some(task) = &mut self.task else { return std::future::pending().await };
+        let ended = task.await;
+        self.task = None;
+        match ended {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(crate::Error::Other(format!("the HTTP endpoint stopped: {e}"))),
+            Err(e) => Err(crate::Error::Other(format!("the HTTP endpoint failed: {e}"))),
+        }
+    }
+
+    /// Waits for the endpoint to stop once `shutdown` was cancelled.
+    pub async fn join(mut self) {
+        if self.task.is_some() {
+            if let Err(e) = self.stopped().await {
+                tracing::warn!(error = %e, "HTTP endpoint");
+            }
+        }
+    }
+}
+
 /// Installs the Prometheus recorder and serves the endpoint on `addr` (an empty address
-/// serves nothing), with `routes` merged in.
-pub async fn serve(addr: &str, routes: Router, readiness: Readiness) -> crate::Result<()> {
-    serve_forgetting_gauges(addr, routes, readiness, None).await
+/// serves nothing), with `routes` merged in, until `shutdown`.
+pub async fn serve(addr: &str, routes: Router, readiness: Readiness, shutdown: CancellationToken) -> crate::Result<Endpoint> {
+    serve_forgetting_gauges(addr, routes, readiness, None, shutdown).await
 }
 
 /// [`serve`], dropping gauges not set for `idle` (a service that sets its gauges every
 /// round, so that a partition or group gone from the cluster leaves no stale series).
-pub async fn serve_forgetting_gauges(addr: &str, routes: Router, readiness: Readiness, idle: Option<Duration>) -> crate::Result<()> {
+pub async fn serve_forgetting_gauges(
+    addr: &str,
+    routes: Router,
+    readiness: Readiness,
+    idle: Option<Duration>,
+    shutdown: CancellationToken,
+) -> crate::Result<Endpoint> {
     if addr.is_empty() {
-        return Ok(());
+        return Ok(Endpoint::default());
     }
     let failed = |message: String| crate::Error::Endpoint { addr: addr.to_owned(), message };
     let socket: SocketAddr = addr.parse().map_err(|e| failed(format!("not an address: {e}")))?;
@@ -92,22 +129,22 @@ pub async fn serve_forgetting_gauges(addr: &str, routes: Router, readiness: Read
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &crate::telemetry::SECONDS_BUCKETS)
         .and_then(|builder| builder.idle_timeout(MetricKindMask::GAUGE, idle).install_recorder())
         .map_err(|e| failed(format!("metrics recorder: {e}")))?;
-    let upkeep = handle.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            upkeep.run_upkeep();
-        }
-    });
-    let app = router(handle, readiness).merge(routes);
+    let app = router(handle.clone(), readiness).merge(routes);
     let listener = tokio::net::TcpListener::bind(socket).await.map_err(|e| failed(format!("cannot listen: {e}")))?;
     tracing::info!(%addr, "serving /metrics and /health");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP endpoint stopped");
+    let task = tokio::spawn(async move {
+        let upkeep = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                handle.run_upkeep();
+            }
+        };
+        tokio::select! {
+            served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()) => served,
+            never = upkeep => never,
         }
     });
-    Ok(())
+    Ok(Endpoint { task: Some(task) })
 }
 
 fn router(handle: PrometheusHandle, readiness: Readiness) -> Router {

@@ -78,6 +78,12 @@ impl CanceledDatasets {
         self.0.read().expect("canceled datasets lock").contains(dataset)
     }
 
+    /// A set of `datasets`, as if their cancellations had been read (unit tests).
+    #[cfg(test)]
+    pub(crate) fn of(datasets: &[&str]) -> Self {
+        CanceledDatasets(Arc::new(RwLock::new(datasets.iter().map(|d| (*d).to_owned()).collect())))
+    }
+
     /// Reads `topic` to its end (an error if it cannot: a stage must not start blind to
     /// cancellations), then follows it in a thread that ends when the last clone is
     /// dropped and starts over after an error.

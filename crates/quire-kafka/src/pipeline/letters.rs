@@ -1,14 +1,16 @@
-//! The two records every part of Quire writes about blocks, each built in one place: the
-//! audit record of a transition ([`audit`]) and the dead letter of a record that failed
-//! ([`DeadLetter`]). Stages, operator actions and the block watchdog all use them, so a
-//! transition or a failure reads the same whoever wrote it.
+//! The records Quire writes about blocks, each built in one place: the audit record of a
+//! transition ([`audit`]), the dead letter of a record that failed ([`DeadLetter`]) and
+//! the retry record of a block rescheduled after a failure ([`retry`]). Stages, operator
+//! actions and the block watchdog all use them, so a transition or a failure reads the
+//! same whoever wrote it.
 
 use crate::config::TopicNames;
 use crate::record::headers::{self, DltOrigin, Headers};
-use crate::record::OutputRecord;
+use crate::record::{Input, OutputRecord};
 use crate::telemetry::EffectEvent;
 use quire_core::records::{now_ms, Block, StateChange};
-use quire_core::{state, BlockState, Failure, IllegalTransition};
+use quire_core::{retry as schedule, state, BlockState, Failure, IllegalTransition};
+use std::time::Duration;
 
 /// The identity of a block, as its audit records and dead letters carry it.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +93,43 @@ pub fn audit(
         to,
     };
     Ok(Audit { change, headers: block.headers(), event })
+}
+
+/// A block rescheduled after a failure: the block at its next attempt (to encode onto
+/// `topic`, keyed by its id) and its headers.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    pub topic: String,
+    pub block: Block,
+    pub headers: Headers,
+}
+
+/// The retry record of `block`, read as `input` from `origin`, which failed with
+/// `failure`: retry number `retry` on the retry topic of `delay`, due `delay` after
+/// `now_ms`. It carries Spring's retry-topic headers (attempts counted from the first
+/// delivery, backoff and original timestamps), the DLT headers of this failure, when the
+/// block first failed and the input's trace.
+pub fn retry(origin: &DltOrigin, input: &Input, block: &Block, failure: &Failure, retry: u32, delay: Duration, now_ms: i64) -> Retry {
+    let mut headers = BlockRef::from(block).headers();
+    headers.extend(headers::dead_letter_headers(origin, failure));
+    headers::set_header(&mut headers, headers::RETRY_ATTEMPTS, (retry as i32 + 1).to_be_bytes().to_vec());
+    headers::set_header(&mut headers, headers::RETRY_BACKOFF_TIMESTAMP, headers::big_integer_bytes(now_ms + delay.as_millis() as i64));
+    let original = headers::big_integer_header(&input.headers, headers::RETRY_ORIGINAL_TIMESTAMP).unwrap_or(input.timestamp_ms);
+    headers::set_header(&mut headers, headers::RETRY_ORIGINAL_TIMESTAMP, headers::big_integer_bytes(original));
+    headers::set_header(&mut headers, headers::FIRST_FAILED_AT, first_failed_at(input, now_ms).to_be_bytes().to_vec());
+    if let Some(trace) = headers::header(&input.headers, headers::TRACEPARENT) {
+        headers::set_header(&mut headers, headers::TRACEPARENT, trace.to_vec());
+    }
+    Retry {
+        topic: schedule::retry_topic(schedule::base_topic(&input.topic), delay),
+        block: Block { attempt: retry as i32, state: BlockState::Queued, updated_at_ms: now_ms, ..block.clone() },
+        headers,
+    }
+}
+
+/// When the block of `input` first failed: carried by retry records, else `now_ms`.
+pub fn first_failed_at(input: &Input, now_ms: i64) -> i64 {
+    headers::long_header(&input.headers, headers::FIRST_FAILED_AT).unwrap_or(now_ms)
 }
 
 /// A dead letter being built: the failed record's value unchanged (or left out, with
@@ -190,5 +229,44 @@ mod tests {
         assert!(super::audit(&BlockRef::from(&block), "inference", "i-1", BlockState::Completed, BlockState::Queued, None).is_err());
         // Who knows only the audit trail writes no idempotency key.
         assert!(headers::header(&BlockRef::from(&audit.change).headers(), headers::IDEMPOTENCY_KEY).is_none());
+    }
+
+    /// A record of retry topic `topic` read at offset 7, carrying `headers`.
+    fn consumed(topic: &str, headers: Headers) -> Input {
+        Input { topic: topic.into(), partition: 2, offset: 7, key: None, payload: None, headers, timestamp_ms: 1_000, timestamp_type: "CreateTime" }
+    }
+
+    #[test]
+    fn a_first_retry_is_due_after_its_delay_on_the_retry_topic_of_the_main_topic() {
+        let block = Block::fixture("b-1", "text", BlockState::Processing);
+        let failure = Failure::transient("engine-unreachable", "connection refused");
+        let trace = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec();
+        let input = consumed("q.blocks.queued", vec![(headers::TRACEPARENT.into(), trace.clone())]);
+        let retried = retry(&origin(), &input, &block, &failure, 1, Duration::from_millis(5_000), 50_000);
+        assert_eq!(retried.topic, "q.blocks.queued-retry-5000");
+        assert_eq!((retried.block.attempt, retried.block.state, retried.block.updated_at_ms), (1, BlockState::Queued, 50_000));
+        let h = &retried.headers;
+        assert_eq!(headers::int_header(h, headers::RETRY_ATTEMPTS), Some(2), "Spring counts the first delivery as attempt 1");
+        assert_eq!(headers::big_integer_header(h, headers::RETRY_BACKOFF_TIMESTAMP), Some(55_000));
+        assert_eq!(headers::big_integer_header(h, headers::RETRY_ORIGINAL_TIMESTAMP), Some(1_000), "the first delivery's timestamp");
+        assert_eq!(headers::long_header(h, headers::FIRST_FAILED_AT), Some(50_000));
+        assert_eq!(headers::header(h, headers::TRACEPARENT), Some(trace.as_slice()));
+        assert_eq!(headers::read_dead_letter(h).unwrap().1.class, ErrorClass::Transient);
+        assert_eq!(headers::text_header(h, headers::IDEMPOTENCY_KEY).as_deref(), Some("key-b-1"));
+    }
+
+    #[test]
+    fn a_later_retry_keeps_the_first_delivery_and_first_failure_it_carries() {
+        let block = Block { attempt: 1, ..Block::fixture("b-1", "text", BlockState::Processing) };
+        let carried = vec![
+            (headers::RETRY_ORIGINAL_TIMESTAMP.into(), headers::big_integer_bytes(1_000)),
+            (headers::FIRST_FAILED_AT.into(), 40_000i64.to_be_bytes().to_vec()),
+        ];
+        let input = consumed("q.blocks.queued-retry-5000", carried);
+        let retried = retry(&origin(), &input, &block, &Failure::transient("engine-error", "500"), 2, Duration::from_millis(30_000), 90_000);
+        assert_eq!(retried.topic, "q.blocks.queued-retry-30000", "retry topics hang off the main topic, not each other");
+        assert_eq!(headers::big_integer_header(&retried.headers, headers::RETRY_ORIGINAL_TIMESTAMP), Some(1_000));
+        assert_eq!(headers::long_header(&retried.headers, headers::FIRST_FAILED_AT), Some(40_000));
+        assert_eq!(headers::int_header(&retried.headers, headers::RETRY_ATTEMPTS), Some(3));
     }
 }

@@ -31,6 +31,8 @@ use quire_core::{Failure, StageName};
 use std::time::Instant;
 
 pub use run::run;
+/// What stops [`run`]: the caller's, cancelled at shutdown.
+pub use tokio_util::sync::CancellationToken;
 
 /// The records one input causes under one dedup key. At least one of them must be on
 /// one of the stage's output topics; the loop stamps the dedup key on every record

@@ -25,28 +25,39 @@ pub fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-/// Runs one stage as a service until SIGTERM; an error means the process should exit
-/// non-zero (and be restarted).
-pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs) -> anyhow::Result<()> {
-    run_stage_with_routes(stage, args, axum::Router::new()).await
+/// Runs one stage as a service until `shutdown` (see [`shutdown_on_signals`]); an error
+/// means the process should exit non-zero (and be restarted). Its HTTP endpoint and
+/// heartbeats stop with it, and it stops (finishing its batch) if the endpoint fails.
+pub async fn run_stage<S: Stage>(stage: S, args: KafkaArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_stage_with_routes(stage, args, axum::Router::new(), shutdown).await
 }
 
 /// [`run_stage`], with the stage's own HTTP routes next to `/metrics` and `/health`.
-pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: axum::Router) -> anyhow::Result<()> {
+pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: axum::Router, shutdown: CancellationToken) -> anyhow::Result<()> {
     let _export = crate::telemetry::otel::init(&format!("quire-{}", stage.context().stage));
+    let stop = shutdown.child_token();
     let readiness = stage.context().readiness.clone().checking(&args)?;
-    http::serve(&args.metrics_addr, routes, readiness).await?;
+    let mut endpoint = http::serve(&args.metrics_addr, routes, readiness, stop.clone()).await?;
     register_all_schemas(&stage.context().codec, &args).await?;
-    let shutdown = shutdown_on_signals();
     let heartbeats = Arc::new(Heartbeats::new(&args, stage.context().stage.as_str(), stage.context().instance.clone())?);
-    let ticking = CancellationToken::new();
-    let beating = heartbeats.clone().spawn(Duration::from_millis(args.heartbeat_interval_ms), ticking.clone());
-    let result = pipeline::run(stage, args, shutdown).await;
-    ticking.cancel();
+    let beating = heartbeats.clone().spawn(Duration::from_millis(args.heartbeat_interval_ms), stop.clone());
+    let running = pipeline::run(stage, args, stop.clone());
+    tokio::pin!(running);
+    let (result, endpoint_failure) = tokio::select! {
+        ended = &mut running => (ended, None),
+        stopped = endpoint.stopped() => {
+            // The endpoint is gone: stop cleanly rather than run unobserved.
+            stop.cancel();
+            (running.as_mut().await, Some(stopped.err().unwrap_or_else(|| crate::Error::Other("the HTTP endpoint stopped".into()))))
+        }
+    };
+    stop.cancel();
     let _ = beating.await;
+    endpoint.join().await;
     // Only a clean stop says goodbye: an instance that failed is reported dead.
-    if result.is_ok() {
+    if result.is_ok() && endpoint_failure.is_none() {
         heartbeats.goodbye().await;
     }
-    Ok(result?)
+    result?;
+    endpoint_failure.map_or(Ok(()), |e| Err(e.into()))
 }

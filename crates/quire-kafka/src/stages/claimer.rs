@@ -96,3 +96,125 @@ impl Stage for Claimer {
         Ok(effects)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::cancel::CanceledDatasets;
+    use crate::record::headers::{self, read_dead_letter, text_header};
+    use crate::telemetry::EffectEvent;
+    use crate::testing::{self, block_on, decoded, encoded, registry, submission, transitions, written, RegistryDouble};
+    use quire_core::{ErrorClass, StageName};
+
+    const INGEST: &str = "quire.ingest";
+    const DLT: &str = "quire.ingest-dlt";
+
+    /// A claimer cutting blocks of at most 10 characters.
+    fn claimer() -> Claimer {
+        Claimer::new(registry().context(StageName::Claimer), 10)
+    }
+
+    /// What `claimer` makes of `value` read from the ingest topic at `offset`.
+    fn claim(claimer: &mut Claimer, offset: i64, value: Option<Vec<u8>>) -> Result<Vec<Effect>, StageError> {
+        block_on(claimer.process(&testing::input(INGEST, offset, Some("ds-1"), value, Vec::new())))
+    }
+
+    const THREE_PARAGRAPHS: &str = "alpha one\n\nbeta two\n\ngamma 3";
+
+    #[test]
+    fn each_paragraph_is_queued_as_a_block_claimed_on_the_way() {
+        let effects = claim(&mut claimer(), 7, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap();
+        let queued: Vec<Block> = written(&effects, "quire.blocks.queued").into_iter().map(decoded).collect();
+        assert_eq!(queued.iter().map(|b| b.text.as_str()).collect::<Vec<_>>(), ["alpha one", "beta two", "gamma 3"]);
+        assert_eq!(effects.len(), 3, "one effect per block");
+        for (sequence, (effect, block)) in effects.iter().zip(&queued).enumerate() {
+            assert_eq!((block.sequence, block.block_count, block.state), (sequence as i32, 3, BlockState::Queued));
+            assert_eq!(effect.dedup_key, block.block_id, "a block is queued once");
+            let record = &effect.writes.records.last().unwrap();
+            assert_eq!(record.key, block.block_id);
+            assert_eq!(text_header(&record.headers, headers::IDEMPOTENCY_KEY).as_deref(), Some(block.idempotency_key.as_str()));
+            assert_eq!(text_header(&record.headers, headers::DATASET_ID).as_deref(), Some("ds-1"));
+            assert_eq!(
+                transitions(std::slice::from_ref(effect)),
+                [(block.block_id.clone(), BlockState::Pending, BlockState::Claimed), (block.block_id.clone(), BlockState::Claimed, BlockState::Queued)]
+            );
+            assert_eq!(effect.writes.events.iter().filter(|e| matches!(e, EffectEvent::Transition { .. })).count(), 2);
+        }
+        let ids: std::collections::HashSet<_> = queued.iter().map(|b| &b.block_id).collect();
+        assert_eq!(ids.len(), 3, "every block has an id of its own");
+    }
+
+    #[test]
+    fn a_resubmission_gives_the_same_blocks_and_another_key_other_ones() {
+        let mut claimer = claimer();
+        let keys = |effects: Vec<Effect>| effects.into_iter().map(|e| e.dedup_key).collect::<Vec<_>>();
+        let first = keys(claim(&mut claimer, 1, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap());
+        let again = keys(claim(&mut claimer, 2, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap());
+        let other = keys(claim(&mut claimer, 3, Some(encoded(INGEST, &submission("sub-2", THREE_PARAGRAPHS)))).unwrap());
+        assert_eq!(first, again, "the loop's dedup drops a resubmission by these keys");
+        assert!(other.iter().all(|k| !first.contains(k)), "{other:?} vs {first:?}");
+    }
+
+    #[test]
+    fn unreadable_records_are_dead_lettered_under_their_position_with_the_reason() {
+        let good = encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS));
+        let mut unknown_id = good.clone();
+        unknown_id[1..5].copy_from_slice(&9_999u32.to_be_bytes());
+        let block = encoded("quire.blocks.queued", &Block::fixture("blk-1", "text", BlockState::Queued));
+        let values: [(Option<Vec<u8>>, &str); 6] = [
+            (None, "no value"),
+            (Some(b"plain text".to_vec()), "not in the Confluent wire format"),
+            (Some(unknown_id), "unknown schema id 9999"),
+            (Some(good[..good.len() - 3].to_vec()), "could not be decoded"),
+            (Some(block), "wrong schema"),
+            (Some(encoded(INGEST, &DatasetSubmission { dataset_id: String::new(), ..submission("sub-1", "text") })), "dataset_id"),
+        ];
+        let mut claimer = claimer();
+        for (offset, (value, why)) in values.into_iter().enumerate() {
+            let offset = 100 + offset as i64;
+            let effects = claim(&mut claimer, offset, value.clone()).unwrap();
+            assert_eq!(effects.len(), 1, "{why}");
+            let effect = &effects[0];
+            assert_eq!(effect.dedup_key, format!("{INGEST}/0/{offset}"), "{why}");
+            let letters = written(&effects, DLT);
+            assert_eq!((letters.len(), effect.writes.records.len()), (1, 1), "{why}: only the dead letter");
+            let (origin, failure) = read_dead_letter(&letters[0].headers).unwrap();
+            assert_eq!((origin.topic.as_str(), origin.offset, origin.consumer_group.as_str()), (INGEST, offset, "quire-claimer"));
+            assert_eq!(failure.class, ErrorClass::Data, "{why}");
+            assert!(failure.reason.contains(why), "{why}: {}", failure.reason);
+            assert_eq!(letters[0].payload, value.unwrap_or_default(), "{why}: the record's bytes are kept");
+            assert!(matches!(&effect.writes.events[..], [EffectEvent::DeadLettered { .. }]), "{why}");
+        }
+    }
+
+    #[test]
+    fn a_document_without_text_is_dead_lettered_as_empty() {
+        let effects = claim(&mut claimer(), 5, Some(encoded(INGEST, &submission("sub-1", " \n\n \n")))).unwrap();
+        let letters = written(&effects, DLT);
+        assert_eq!(letters.len(), 1);
+        assert_eq!(text_header(&letters[0].headers, headers::DLT_EXCEPTION_CAUSE_FQCN).as_deref(), Some("quire.empty-document"));
+    }
+
+    #[test]
+    fn a_canceled_dataset_is_canceled_block_by_block_and_queues_nothing() {
+        let context = StageContext { canceled: CanceledDatasets::of(&["ds-1"]), ..registry().context(StageName::Claimer) };
+        let effects = claim(&mut Claimer::new(context, 10), 1, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap();
+        assert!(written(&effects, "quire.blocks.queued").is_empty());
+        let changes = transitions(&effects);
+        assert_eq!(changes.len(), 3);
+        assert!(changes.iter().all(|(_, from, to)| (*from, *to) == (BlockState::Pending, BlockState::Canceled)), "{changes:?}");
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_retried_and_the_record_goes_through_once_it_answers() {
+        let registry = RegistryDouble::start();
+        let mut claimer = Claimer::new(registry.context(StageName::Claimer), 10);
+        let value = block_on(registry.codec().encode(INGEST, &submission("sub-1", THREE_PARAGRAPHS))).unwrap();
+        registry.set_down(true);
+        let refused = claim(&mut claimer, 1, Some(value.clone())).unwrap_err();
+        assert_eq!((refused.failure.class, refused.failure.cause), (ErrorClass::Transient, "registry-unreachable"), "{refused}");
+        registry.set_down(false);
+        let effects = claim(&mut claimer, 1, Some(value)).unwrap();
+        assert_eq!(written(&effects, "quire.blocks.queued").len(), 3, "a good record is not quarantined after an outage");
+    }
+}

@@ -20,7 +20,7 @@ use crate::record::{Input, OutputRecord};
 use crate::telemetry::{events, EffectEvent};
 use crate::Error;
 use quire_core::records::{now_ms, Block};
-use quire_core::retry::{self, RetryDecision};
+use quire_core::retry::RetryDecision;
 use quire_core::{BlockState, Failure};
 use serde::Serialize;
 
@@ -113,7 +113,7 @@ impl StageContext {
         let dead = self
             .dead_letter(input, failure, &dedup_key)
             .of_block(&block_ref, block.attempt + 1)
-            .set(headers::FIRST_FAILED_AT, first_failed_at(input).to_be_bytes().to_vec());
+            .set(headers::FIRST_FAILED_AT, letters::first_failed_at(input, now_ms()).to_be_bytes().to_vec());
         writes.push(dead.build());
         writes.events.push(self.dead_lettered(dedup_key.clone(), failure));
         Ok(Effect::new(dedup_key, writes))
@@ -142,21 +142,8 @@ impl StageContext {
                     Ok(writes) => writes,
                     Err(illegal) => return self.block_failed(input, block, from, &illegal).await,
                 };
-                let now = now_ms();
-                let retried = Block { attempt: retry as i32, state: BlockState::Queued, updated_at_ms: now, ..block.clone() };
-                let topic = retry::retry_topic(retry::base_topic(&input.topic), delay);
-                let mut headers = block_headers(&block.idempotency_key, &block.request_id, &block.dataset_id);
-                headers.extend(crate::record::headers::dead_letter_headers(&self.origin(input), failure));
-                // Spring counts the first delivery as attempt 1: retry k is attempt k + 1.
-                headers::set_header(&mut headers, headers::RETRY_ATTEMPTS, (retry as i32 + 1).to_be_bytes().to_vec());
-                headers::set_header(&mut headers, headers::RETRY_BACKOFF_TIMESTAMP, headers::big_integer_bytes(now + delay.as_millis() as i64));
-                let original = headers::big_integer_header(&input.headers, headers::RETRY_ORIGINAL_TIMESTAMP).unwrap_or(input.timestamp_ms);
-                headers::set_header(&mut headers, headers::RETRY_ORIGINAL_TIMESTAMP, headers::big_integer_bytes(original));
-                headers::set_header(&mut headers, headers::FIRST_FAILED_AT, first_failed_at(input).to_be_bytes().to_vec());
-                if let Some(trace) = headers::header(&input.headers, headers::TRACEPARENT) {
-                    headers::set_header(&mut headers, headers::TRACEPARENT, trace.to_vec());
-                }
-                writes.push(self.encode(&topic, &block.block_id, &retried, headers).await?);
+                let retried = letters::retry(&self.origin(input), input, block, failure, retry, delay, now_ms());
+                writes.push(self.encode(&retried.topic, &block.block_id, &retried.block, retried.headers).await?);
                 writes.events.push(EffectEvent::RetryScheduled {
                     stage: self.stage.as_str(),
                     instance_id: self.instance_id.clone(),
@@ -169,10 +156,4 @@ impl StageContext {
             }
         }
     }
-}
-
-/// When the block of `input` first failed: carried by retry records, else now.
-fn first_failed_at(input: &Input) -> i64 {
-    headers::long_header(&input.headers, headers::FIRST_FAILED_AT).unwrap_or_else(now_ms)
-
 }

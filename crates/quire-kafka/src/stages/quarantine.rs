@@ -123,3 +123,93 @@ fn quarantined(instance_id: &str, key: &str, record: &QuarantineRecord) -> Effec
         reason: record.reason.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::letters::BlockRef;
+    use crate::testing::{self, as_written, block_on, consumed, decoded, queued_block, registry, RegistryDouble};
+    use quire_core::StageName;
+
+    const QUEUED_DLT: &str = "quire.blocks.queued-dlt";
+
+    /// A dead letter as inference writes it for `block`, read back from its DLT topic.
+    fn dead_letter_of(block: &quire_core::records::Block, failure: &Failure) -> Input {
+        let stage = registry().context(StageName::Inference);
+        let origin = testing::input("quire.blocks.queued", 3, Some(&block.block_id), Some(b"the block's bytes".to_vec()), Vec::new());
+        let letter = stage.dead_letter(&origin, failure, &crate::stages::failure_key(block)).of_block(&BlockRef::from(block), 2).build();
+        let effect = Effect::new(crate::stages::failure_key(block), vec![letter]);
+        consumed(&as_written(&effect)[0], 11)
+    }
+
+    fn file(stage: &mut Quarantine, input: &Input) -> Result<Vec<Effect>, StageError> {
+        block_on(stage.process(input))
+    }
+
+    fn quarantine() -> Quarantine {
+        Quarantine::new(registry().context(StageName::Quarantine))
+    }
+
+    /// The one quarantine record `effects` write.
+    fn filed(effects: &[Effect]) -> (String, QuarantineRecord) {
+        let records: Vec<_> = effects.iter().flat_map(|e| &e.writes.records).collect();
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].topic, "quire.quarantine");
+        (records[0].key.clone(), decoded(records[0]))
+    }
+
+    #[test]
+    fn a_stage_dead_letter_is_filed_under_its_block_with_what_the_stage_said() {
+        let block = queued_block("some text");
+        let failure = Failure::data("block-too-large", "the model refused 40 000 tokens");
+        let input = dead_letter_of(&block, &failure);
+        let effects = file(&mut quarantine(), &input).unwrap();
+        assert_eq!(effects[0].dedup_key, crate::stages::failure_key(&block), "filed once under the stage's key");
+        let (key, record) = filed(&effects);
+        assert_eq!(key, block.block_id);
+        assert_eq!(record.block_id.as_deref(), Some(block.block_id.as_str()));
+        assert_eq!(record.dataset_id.as_deref(), Some("ds-1"));
+        assert_eq!((record.failed_stage.as_str(), record.error_class.as_str(), record.cause.as_str()), ("inference", "DATA", "block-too-large"));
+        assert_eq!(record.reason, failure.reason);
+        assert_eq!((record.original_topic.as_str(), record.original_offset, record.attempts), ("quire.blocks.queued", 3, 2));
+        assert_eq!(record.payload.as_deref(), Some(&b"the block's bytes"[..]), "the failed record's bytes, for replay");
+        assert_eq!(record.status, QUARANTINED);
+        assert!(matches!(&effects[0].writes.events[..], [EffectEvent::Quarantined { .. }]));
+    }
+
+    #[test]
+    fn a_record_without_dead_letter_headers_is_filed_under_its_position_whatever_it_claims() {
+        let forged = vec![(headers::DEDUP_KEY.to_owned(), b"blk-000000000000000000000000#g0@failed".to_vec())];
+        let input = testing::input(QUEUED_DLT, 12, Some("blk-000000000000000000000000"), Some(b"junk".to_vec()), forged);
+        let effects = file(&mut quarantine(), &input).unwrap();
+        let position = format!("{QUEUED_DLT}/0/12");
+        assert_eq!(effects[0].dedup_key, position, "a forged dedup key is not taken");
+        let (key, record) = filed(&effects);
+        assert_eq!((key.as_str(), record.block_id), (position.as_str(), None));
+        assert_eq!(record.cause, "unreadable-dead-letter");
+        assert!(record.reason.contains("is missing"), "{}", record.reason);
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_to_file_is_filed_without_its_bytes() {
+        let input = dead_letter_of(&queued_block("some text"), &Failure::data("block-too-large", "too large"));
+        let too_large = Failure::data("record-too-large", "record of 2 MB is over the limit");
+        let effect = block_on(quarantine().unprocessable(&input, &too_large)).unwrap();
+        let (key, record) = filed(std::slice::from_ref(&effect));
+        assert_eq!(key, format!("{QUEUED_DLT}/0/11"), "under its own position");
+        assert_eq!(effect.dedup_key, key);
+        assert_eq!((record.payload, record.cause.as_str(), record.reason.as_str()), (None, "record-too-large", too_large.reason.as_str()));
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_retried_and_filing_goes_on_once_it_answers() {
+        let registry = RegistryDouble::start();
+        let mut stage = Quarantine::new(registry.context(StageName::Quarantine));
+        let input = dead_letter_of(&queued_block("some text"), &Failure::data("block-too-large", "too large"));
+        registry.set_down(true);
+        let refused = file(&mut stage, &input).unwrap_err();
+        assert_eq!((refused.failure.class, refused.failure.cause), (ErrorClass::Transient, "registry-unreachable"), "{refused}");
+        registry.set_down(false);
+        assert_eq!(filed(&file(&mut stage, &input).unwrap()).1.cause, "block-too-large");
+    }
+}

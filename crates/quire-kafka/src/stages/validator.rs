@@ -67,3 +67,96 @@ impl Stage for Validator {
         Ok(vec![Effect::new(block.block_id.clone(), writes).completing_block_aged(age_ms)])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::cancel::CanceledDatasets;
+    use crate::record::headers::{self, text_header};
+    use crate::stages::failure_key;
+    use crate::telemetry::EffectEvent;
+    use crate::testing::{self, block_on, decoded, encoded, queued_block, registry, transitions, written};
+    use quire_core::records::{output_checksum, Block};
+    use quire_core::StageName;
+    use BlockState::*;
+
+    const RESULTS: &str = "quire.inference.results";
+    const COMPLETED: &str = "quire.blocks.completed";
+
+    /// What inference writes for a block of `text` it labelled `label`.
+    fn result(text: &str, label: &str) -> InferenceResult {
+        let block = Block { state: Validating, ..queued_block(text) };
+        InferenceResult {
+            output_checksum: output_checksum(&block.checksum, label, 0.9, None),
+            engine: "model".into(),
+            label: label.into(),
+            confidence: 0.9,
+            output_text: None,
+            latency_ms: 5,
+            inferred_at_ms: 2,
+            alternatives: Vec::new(),
+            block,
+        }
+    }
+
+    fn validate(context: StageContext, result: &InferenceResult) -> Vec<Effect> {
+        let input = testing::input(RESULTS, 4, Some(&result.block.block_id), Some(encoded(RESULTS, result)), Vec::new());
+        block_on(Validator::new(context).process(&input)).unwrap()
+    }
+
+    fn context() -> StageContext {
+        registry().context(StageName::Validator)
+    }
+
+    #[test]
+    fn a_valid_result_completes_its_block_once_whatever_its_generation() {
+        let result = result("hello there", "en");
+        let id = result.block.block_id.clone();
+        let effects = validate(context(), &result);
+        assert_eq!(effects.len(), 1);
+        assert_eq!(effects[0].dedup_key, id);
+        assert_eq!(transitions(&effects), [(id.clone(), Validating, Completed)]);
+        let completed = written(&effects, COMPLETED);
+        assert_eq!(completed.len(), 1);
+        assert_eq!(completed[0].key, id);
+        let validated: ValidatedResult = decoded(completed[0]);
+        assert_eq!((validated.block_id.as_str(), validated.label.as_str(), validated.engine.as_str()), (id.as_str(), "en", "model"));
+        assert_eq!(validated.text_checksum, result.block.checksum);
+        assert!(effects[0].writes.events.iter().any(|e| matches!(e, EffectEvent::BlockCompleted { .. })));
+
+        let replayed = InferenceResult { block: Block { generation: 3, ..result.block.clone() }, ..result };
+        assert_eq!(validate(context(), &replayed)[0].dedup_key, id, "a block reaches the output once, however often replayed");
+    }
+
+    #[test]
+    fn a_result_that_breaks_a_rule_fails_its_block_unless_it_completed() {
+        let tampered = InferenceResult { label: "fr".into(), ..result("hello there", "en") };
+        let block = tampered.block.clone();
+        let effects = validate(context(), &tampered);
+        assert_eq!(effects[0].dedup_key, failure_key(&block));
+        assert_eq!(effects[0].unless_done.as_deref(), Some(block.block_id.as_str()), "a completed block is not failed by a stale copy");
+        assert_eq!(transitions(&effects), [(block.block_id.clone(), Validating, Error)]);
+        assert!(written(&effects, COMPLETED).is_empty());
+        let letters = written(&effects, "quire.inference.results-dlt");
+        assert_eq!(text_header(&letters[0].headers, headers::DLT_EXCEPTION_CAUSE_FQCN).as_deref(), Some("quire.output-checksum-mismatch"));
+    }
+
+    #[test]
+    fn a_result_whose_block_cannot_complete_is_refused_as_an_illegal_transition() {
+        let early = InferenceResult { block: Block { state: Queued, ..result("hello there", "en").block }, ..result("hello there", "en") };
+        let effects = validate(context(), &early);
+        assert!(written(&effects, COMPLETED).is_empty(), "QUEUED → COMPLETED is never applied");
+        let letters = written(&effects, "quire.inference.results-dlt");
+        assert_eq!(text_header(&letters[0].headers, headers::DLT_EXCEPTION_CAUSE_FQCN).as_deref(), Some("quire.illegal-transition"));
+        assert_eq!(transitions(&effects), [(early.block.block_id.clone(), Queued, Error)]);
+    }
+
+    #[test]
+    fn a_result_of_a_canceled_dataset_cancels_its_block_unless_it_completed() {
+        let result = result("hello there", "en");
+        let effects = validate(StageContext { canceled: CanceledDatasets::of(&["ds-1"]), ..context() }, &result);
+        assert!(written(&effects, COMPLETED).is_empty());
+        assert_eq!(transitions(&effects), [(result.block.block_id.clone(), Validating, Canceled)]);
+        assert_eq!(effects[0].unless_done.as_deref(), Some(result.block.block_id.as_str()));
+    }
+}

@@ -6,9 +6,11 @@
 //! [`events`] is the one place that defines what a stage reports: each function writes
 //! one structured log line and bumps its metric, so the two never disagree. [`otel`]
 //! carries traces through the records' headers; `io::http` serves the metrics.
+//! [`EventRecorder`] is the test hook that records which events fired.
 
 pub mod otel;
 
+use std::sync::{Arc, Mutex, Weak};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the log subscriber (level from `RUST_LOG`, default `info`).
@@ -73,6 +75,7 @@ pub enum EffectEvent {
 impl EffectEvent {
     /// Writes the event's log line and bumps its metric.
     pub fn emit(&self) {
+        record(|| Fired::Effect(self.clone()));
         match self {
             EffectEvent::Transition { stage, instance_id, block_id, dataset_id, request_id, from, to } => {
                 events::block_transition(stage, instance_id, block_id, dataset_id, request_id, *from, *to)
@@ -84,6 +87,58 @@ impl EffectEvent {
             EffectEvent::Quarantined { instance_id, key, failed_stage, class, reason } => events::quarantined(instance_id, key, failed_stage, class, reason),
             EffectEvent::BlockCompleted { age_ms } => events::block_completed(*age_ms),
         }
+    }
+}
+
+/// An event as the test hook ([`EventRecorder`]) records it: a committed effect's
+/// event, or what the loop did with a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fired {
+    Effect(EffectEvent),
+    BatchCommitted { stage: &'static str, inputs: usize },
+    BatchAborted { stage: &'static str, inputs: usize },
+}
+
+type Recording = Mutex<Vec<Fired>>;
+
+/// The recorders alive in this process.
+static RECORDERS: Mutex<Vec<Weak<Recording>>> = Mutex::new(Vec::new());
+
+/// A test hook: records every event this process fires while the recorder lives, so
+/// tests assert on what fired (and how often) rather than scrape counters that also
+/// count what others did in the same process.
+#[derive(Clone, Default)]
+pub struct EventRecorder(Arc<Recording>);
+
+impl EventRecorder {
+    /// Records from now on.
+    pub fn start() -> Self {
+        let recorder = EventRecorder::default();
+        RECORDERS.lock().expect("event recorders").push(Arc::downgrade(&recorder.0));
+        recorder
+    }
+
+    /// What fired so far, in order.
+    pub fn fired(&self) -> Vec<Fired> {
+        self.0.lock().expect("recorded events").clone()
+    }
+
+    /// The effects' events that fired so far, in order.
+    pub fn effects(&self) -> Vec<EffectEvent> {
+        self.fired().into_iter().filter_map(|f| if let Fired::Effect(e) = f { Some(e) } else { None }).collect()
+    }
+}
+
+/// Hands what fired to every live recorder (built only if there is one).
+fn record(fired: impl FnOnce() -> Fired) {
+    let mut recorders = RECORDERS.lock().expect("event recorders");
+    recorders.retain(|r| r.strong_count() > 0);
+    if recorders.is_empty() {
+        return;
+    }
+    let fired = fired();
+    for recording in recorders.iter().filter_map(Weak::upgrade) {
+        recording.lock().expect("recorded events").push(fired.clone());
     }
 }
 
@@ -117,6 +172,7 @@ pub mod events {
     }
 
     pub fn batch_committed(stage: &'static str, inputs: usize, effects: usize, produced: &std::collections::HashMap<String, u64>, took: std::time::Duration) {
+        super::record(|| super::Fired::BatchCommitted { stage, inputs });
         metrics::counter!(names::BATCHES_COMMITTED, "stage" => stage).increment(1);
         metrics::histogram!(names::COMMIT_DURATION, "stage" => stage).record(took.as_secs_f64());
         for (topic, count) in produced {
@@ -141,6 +197,7 @@ pub mod events {
     }
 
     pub fn batch_aborted(stage: &'static str, inputs: usize, reason: &str) {
+        super::record(|| super::Fired::BatchAborted { stage, inputs });
         metrics::counter!(names::BATCHES_ABORTED, "stage" => stage).increment(1);
         tracing::warn!(stage, inputs, reason, "batch aborted");
     }
@@ -173,5 +230,34 @@ pub mod events {
     pub fn partitions_resumed(stage: &'static str, partitions: usize, paused_now: usize) {
         metrics::gauge!(names::PAUSED_PARTITIONS, "stage" => stage).set(paused_now as f64);
         tracing::info!(stage, partitions, "partitions resumed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completed(age_ms: i64) -> EffectEvent {
+        EffectEvent::BlockCompleted { age_ms }
+    }
+
+    #[test]
+    fn a_recorder_sees_what_fired_while_it_lived_and_nothing_else() {
+        completed(1).emit();
+        let first = EventRecorder::start();
+        completed(2).emit();
+        let second = EventRecorder::start();
+        events::batch_aborted("claimer", 3, "test");
+        completed(4).emit();
+        // Other tests of this process fire events meanwhile: keep only these ones.
+        let ours = |r: &EventRecorder| {
+            r.fired()
+                .into_iter()
+                .filter(|f| matches!(f, Fired::Effect(EffectEvent::BlockCompleted { age_ms: 1..=4 }) | Fired::BatchAborted { inputs: 3, .. }))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ours(&first), [Fired::Effect(completed(2)), Fired::BatchAborted { stage: "claimer", inputs: 3 }, Fired::Effect(completed(4))]);
+        assert_eq!(ours(&second), [Fired::BatchAborted { stage: "claimer", inputs: 3 }, Fired::Effect(completed(4))]);
+        assert_eq!(first.effects().iter().filter(|e| **e == completed(2)).count(), 1);
     }
 }

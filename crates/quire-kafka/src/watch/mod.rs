@@ -99,7 +99,8 @@ fn joined(e: tokio::task::JoinError) -> Error {
 
 /// Runs the watchdog until `shutdown`: serves `/metrics`, `/health/*` and the findings
 /// on `kafka.metrics_addr`, samples lag and heartbeats every interval, and judges the
-/// blocks on a task of its own. If that task ends, the watchdog ends with it.
+/// blocks on a task of its own. If that task or the endpoint ends, the watchdog ends
+/// with it; both stop with it.
 pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: CancellationToken) -> Result<()> {
     kafka.validate().map_err(Error::Other)?;
     if config.interval_ms == 0 || config.window_ms == 0 {
@@ -109,7 +110,8 @@ pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: Cancellatio
     let readiness = crate::io::http::Readiness::default().checking(&kafka)?;
     // Every gauge is set each round: one not set for ten minutes belongs to something gone.
     let idle = Duration::from_millis(config.interval_ms.saturating_mul(10)).max(Duration::from_secs(600));
-    crate::io::http::serve_forgetting_gauges(&kafka.metrics_addr, findings.routes(), readiness.clone(), Some(idle)).await?;
+    let stop = shutdown.child_token();
+    let mut endpoint = crate::io::http::serve_forgetting_gauges(&kafka.metrics_addr, findings.routes(), readiness.clone(), Some(idle), stop.clone()).await?;
     let groups = lag::pipeline_groups(&kafka);
     let (args, cluster, window) = (kafka.clone(), config.cluster_name.clone(), Duration::from_millis(config.window_ms));
     let mut watch = tokio::task::spawn_blocking(move || LagWatch::new(&args, &cluster, groups, window)).await.map_err(joined)??;
@@ -117,7 +119,6 @@ pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: Cancellatio
     let stalls = tokio::task::spawn_blocking(move || StallWatch::new(&args, policy)).await.map_err(joined)??;
     let mut instances = InstanceWatch::new(&kafka, Duration::from_millis(config.instance_ttl_ms), Duration::from_millis(config.instance_forget_ms))?;
     tracing::info!(interval_ms = config.interval_ms, window_ms = config.window_ms, "watchdog started");
-    let stop = shutdown.child_token();
     let mut judging = tokio::spawn(judge_blocks(stalls, findings.clone(), config.interval(), stop.clone()));
     let mut statuses: HashMap<String, &'static str> = HashMap::new();
     let mut ticker = tokio::time::interval(config.interval());
@@ -129,6 +130,7 @@ pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: Cancellatio
                 Ok(()) => Error::Other("the block judge stopped".into()),
                 Err(e) => joined(e),
             }),
+            stopped = endpoint.stopped() => break Err(stopped.err().unwrap_or_else(|| Error::Other("the HTTP endpoint stopped".into()))),
             _ = ticker.tick() => {}
         }
         let (now, started) = (now_ms(), Instant::now());
@@ -169,6 +171,7 @@ pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: Cancellatio
     if !judging.is_finished() {
         let _ = judging.await;
     }
+    endpoint.join().await;
     tracing::info!("watchdog stopped");
     ended
 }
