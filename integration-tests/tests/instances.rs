@@ -66,7 +66,8 @@ fn a_killed_instance_is_reported_dead_with_its_partitions_and_a_stopped_one_is_n
     assert!(log.contains("\"message\":\"instance dead\"") && log.contains(held[0].as_str().unwrap()), "the death is logged with its partitions:\n{}", tail(&log, 20));
 
     // SIGTERM: a clean stop, never reported dead.
-    assert!(pipeline.service("quire-claimer").terminate(Duration::from_secs(20)), "claimer stops cleanly");
+    let stopped = pipeline.service("quire-claimer").terminate(Duration::from_secs(20));
+    assert!(stopped, "claimer stops cleanly\n{}", pipeline.logs());
     instance(port, "claimer", "the claimer reported stopped", |i| i["liveness"] == "STOPPED").unwrap();
     std::thread::sleep(Duration::from_secs(4));
     instance(port, "claimer", "the claimer still stopped, not dead", |i| i["liveness"] == "STOPPED").unwrap();

@@ -82,8 +82,8 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Waits until the endpoint stops (never, for an address that serves nothing), and
-    /// says why if it was not asked to.
+    /// Waits until the endpoint stops (never, for an address that serves nothing): Ok at
+    /// shutdown, the reason if it failed.
     pub async fn stopped(&mut self) -> crate::Result<()> {
         let Some(task) = &mut self.task else { return std::future::pending().await };
         let ended = task.await;

@@ -45,10 +45,10 @@ pub async fn run_stage_with_routes<S: Stage>(stage: S, args: KafkaArgs, routes: 
     tokio::pin!(running);
     let (result, endpoint_failure) = tokio::select! {
         ended = &mut running => (ended, None),
+        // Stopped cleanly (shutdown), or failed: then stop cleanly rather than run unobserved.
         stopped = endpoint.stopped() => {
-            // The endpoint is gone: stop cleanly rather than run unobserved.
             stop.cancel();
-            (running.as_mut().await, Some(stopped.err().unwrap_or_else(|| crate::Error::Other("the HTTP endpoint stopped".into()))))
+            (running.as_mut().await, stopped.err())
         }
     };
     stop.cancel();

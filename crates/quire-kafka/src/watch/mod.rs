@@ -130,7 +130,8 @@ pub async fn run(kafka: KafkaArgs, config: WatchdogConfig, shutdown: Cancellatio
                 Ok(()) => Error::Other("the block judge stopped".into()),
                 Err(e) => joined(e),
             }),
-            stopped = endpoint.stopped() => break Err(stopped.err().unwrap_or_else(|| Error::Other("the HTTP endpoint stopped".into()))),
+            // Ok: it stopped at shutdown, as everything does.
+            stopped = endpoint.stopped() => break stopped,
             _ = ticker.tick() => {}
         }
         let (now, started) = (now_ms(), Instant::now());
