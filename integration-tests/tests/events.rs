@@ -8,7 +8,8 @@ use quire_core::records::Block;
 use quire_core::{BlockState, StageName};
 use quire_kafka::pipeline::CancellationToken;
 use quire_kafka::stages::claimer::Claimer;
-use quire_kafka::telemetry::{EffectEvent, EventRecorder, Fired};
+use quire_kafka::telemetry::events::{BatchAborted, BlockTransition, DeadLettered, RetryScheduled};
+use quire_kafka::telemetry::EventRecorder;
 use quire_kafka::{KafkaArgs, StageContext};
 use std::collections::{BTreeSet, HashMap};
 
@@ -37,9 +38,8 @@ fn an_aborted_batch_fires_no_events_and_its_replay_fires_each_once() {
     shutdown.cancel();
     runtime.block_on(running).expect("claimer task").expect("claimer stops cleanly");
 
-    let fired = recorder.fired();
-    let aborted_inputs: usize = fired.iter().map(|f| if let Fired::BatchAborted { stage: "claimer", inputs } = f { *inputs } else { 0 }).sum();
-    assert!(aborted_inputs > 0, "no batch holding effects was aborted: {fired:?}");
+    let aborted: usize = recorder.fired::<BatchAborted>().iter().filter(|e| e.stage == "claimer").map(|e| e.inputs).sum();
+    assert!(aborted > 0, "no batch holding effects was aborted: {:?}", recorder.names());
 
     // The oracle: what a read_committed reader finds on the queued topic.
     let queued: Vec<Block> = read_decoded(&stack, &pipeline.prefix, &format!("{}.blocks.queued", pipeline.prefix), &runtime);
@@ -48,12 +48,10 @@ fn an_aborted_batch_fires_no_events_and_its_replay_fires_each_once() {
     assert!(committed.len() >= DOCUMENTS as usize);
 
     let mut reported: HashMap<(String, BlockState, BlockState), usize> = HashMap::new();
-    for event in recorder.effects() {
-        match event {
-            EffectEvent::Transition { block_id, from, to, .. } => *reported.entry((block_id, from, to)).or_default() += 1,
-            other => panic!("the claimer reported {other:?} for a well-formed dataset"),
-        }
+    for transition in recorder.fired::<BlockTransition>() {
+        *reported.entry((transition.block_id, transition.from, transition.to)).or_default() += 1;
     }
+    assert!(recorder.fired::<DeadLettered>().is_empty() && recorder.fired::<RetryScheduled>().is_empty(), "a well-formed dataset");
     for step in [(BlockState::Pending, BlockState::Claimed), (BlockState::Claimed, BlockState::Queued)] {
         let blocks: BTreeSet<String> = reported.keys().filter(|(_, f, t)| (*f, *t) == step).map(|(b, _, _)| b.clone()).collect();
         assert_eq!(blocks, committed, "{step:?} reported for exactly the committed blocks");

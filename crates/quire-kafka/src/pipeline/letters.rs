@@ -7,6 +7,7 @@
 use crate::config::TopicNames;
 use crate::record::headers::{self, DltOrigin, Headers};
 use crate::record::{Input, OutputRecord};
+use crate::telemetry::events::BlockTransition;
 use crate::telemetry::EffectEvent;
 use quire_core::records::{now_ms, Block, StateChange};
 use quire_core::{retry as schedule, state, BlockState, Failure, IllegalTransition};
@@ -83,7 +84,7 @@ pub fn audit(
         request_id: block.request_id.to_owned(),
         at_ms: now_ms(),
     };
-    let event = EffectEvent::Transition {
+    let event = EffectEvent::Transition(BlockTransition {
         stage: stage.to_owned(),
         instance_id: instance_id.to_owned(),
         block_id: block.block_id.to_owned(),
@@ -91,7 +92,7 @@ pub fn audit(
         request_id: block.request_id.to_owned(),
         from,
         to,
-    };
+    });
     Ok(Audit { change, headers: block.headers(), event })
 }
 

@@ -20,7 +20,7 @@ pub mod service;
 use crate::config::{KafkaArgs, TopicNames};
 use crate::record::headers::{self, DltOrigin};
 use crate::record::{Input, OutputRecord};
-use crate::telemetry::EffectEvent;
+use crate::telemetry::{events, EffectEvent};
 use crate::io::http::Readiness;
 use crate::{Codec, Result};
 use cancel::CanceledDatasets;
@@ -95,7 +95,7 @@ impl Effect {
 
     /// The same effect, completing a block `age_ms` after its submission.
     pub fn completing_block_aged(self, age_ms: i64) -> Self {
-        self.with_event(EffectEvent::BlockCompleted { age_ms })
+        self.with_event(EffectEvent::BlockCompleted(events::BlockCompleted { age_ms }))
     }
 }
 
@@ -198,7 +198,7 @@ impl StageContext {
 
     /// The event of a record dead-lettered under `key`.
     pub fn dead_lettered(&self, key: String, failure: &Failure) -> EffectEvent {
-        EffectEvent::DeadLettered { stage: self.stage.as_str(), instance_id: self.instance_id.clone(), key, failure: failure.clone() }
+        EffectEvent::DeadLettered(events::DeadLettered { stage: self.stage.as_str(), instance_id: self.instance_id.clone(), key, failure: failure.clone() })
     }
 
     /// The dead letter of `input`, which failed with `failure`, keyed by `dedup_key`.

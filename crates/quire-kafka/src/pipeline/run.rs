@@ -282,7 +282,7 @@ impl Core {
             .producers
             .create()
             .map_err(|e| Error::Other(format!("the producer failed ({message}) and could not be made again: {e}")))?;
-        events::producer_replaced(self.stage, &self.instance_id, code, message);
+        events::emit(events::ProducerReplaced { stage: self.stage, instance_id: self.instance_id.clone(), code, reason: message.to_owned() });
         self.producer = producer;
         self.batch.txn_open = false;
         Ok(())
@@ -353,7 +353,7 @@ impl Core {
         for effect in effects {
             let done = |key: &str| self.dedup.contains(key) || self.batch.pending_keys.contains(key);
             if done(&effect.dedup_key) || effect.unless_done.as_deref().is_some_and(done) {
-                events::duplicate_skipped(self.stage, &self.instance_id, &effect.dedup_key);
+                events::emit(events::DuplicateSkipped { stage: self.stage, instance_id: self.instance_id.clone(), key: effect.dedup_key.clone() });
                 duplicates += 1;
                 continue;
             }
@@ -405,7 +405,13 @@ impl Core {
         match result {
             Ok(()) => {
                 let batch = std::mem::take(&mut self.batch);
-                events::batch_committed(self.stage, batch.inputs, batch.pending_keys.len(), &batch.produced, committing.elapsed());
+                events::emit(events::BatchCommitted {
+                    stage: self.stage,
+                    inputs: batch.inputs,
+                    effects: batch.pending_keys.len(),
+                    produced: batch.produced,
+                    took: committing.elapsed(),
+                });
                 for event in &batch.events {
                     event.emit();
                 }
@@ -503,7 +509,13 @@ impl Core {
             self.pauses.add((topic, partition), offset, until);
         }
         consumer.pause(&list)?;
-        events::partitions_paused(self.stage, list.count(), until.saturating_duration_since(Instant::now()), reason, self.pauses.partitions.len());
+        events::emit(events::PartitionsPaused {
+            stage: self.stage,
+            partitions: list.count(),
+            for_how_long: until.saturating_duration_since(Instant::now()),
+            reason: reason.to_owned(),
+            paused_now: self.pauses.partitions.len(),
+        });
         Ok(())
     }
 
@@ -554,7 +566,7 @@ impl Core {
                     .map_err(|e| Error::Other(format!("resume of {topic}/{partition} at {offset} failed: {e}")))?;
             }
         }
-        events::partitions_resumed(self.stage, due.len(), self.pauses.partitions.len());
+        events::emit(events::PartitionsResumed { stage: self.stage, partitions: due.len(), paused_now: self.pauses.partitions.len() });
         Ok(())
     }
 
@@ -587,7 +599,7 @@ impl Core {
         };
         let batch = std::mem::take(&mut self.batch);
         self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
-        events::batch_aborted(self.stage, batch.inputs, reason);
+        events::emit(events::BatchAborted { stage: self.stage, inputs: batch.inputs, reason: reason.to_owned() });
         // Some of the batch's writes may be visible anyway (leaked by the broker, or
         // delivered before the failure in idempotent mode): re-read them before going on.
         self.needs_catch_up = true;
@@ -774,7 +786,7 @@ fn run_blocking<S: Stage>(
         .set("session.timeout.ms", crate::config::SESSION_TIMEOUT_MS.to_string())
         .set("heartbeat.interval.ms", crate::config::CONSUMER_HEARTBEAT_INTERVAL_MS.to_string())
         .create_with_context(LoopContext { core: core.clone() })?;
-    events::stage_started(stage_name);
+    events::emit(events::StageStarted { stage: stage_name });
     let inputs = stage.input_topics();
     consumer.subscribe(&inputs.iter().map(String::as_str).collect::<Vec<_>>())?;
     tracing::info!(
@@ -844,7 +856,7 @@ fn run_blocking<S: Stage>(
         if let Some(input) = input {
             let (processing, processing_since) = (Instant::now(), SystemTime::now());
             let processed = runtime.block_on(process_within_limits(&mut stage, &input, args.max_record_bytes, args.max_output_bytes()));
-            events::record_took(stage_name, processing.elapsed());
+            events::emit(events::RecordTook { stage: stage_name, took: processing.elapsed() });
             // What the stage could not do: pause or exit here; a retry aborts the batch
             // below (the record was quarantined already, see `process_within_limits`).
             let processed = match processed {
@@ -867,7 +879,7 @@ fn run_blocking<S: Stage>(
             let applied = processed.map(|effects| core.apply(&input, effects, processing_since)).map_err(|e| e.to_string());
             match applied {
                 Ok(duplicates) => {
-                    events::record_processed(stage_name, duplicates);
+                    events::emit(events::RecordProcessed { stage: stage_name, duplicates });
                     backoff = Duration::from_millis(100);
                 }
                 Err(reason) => {

@@ -143,7 +143,7 @@ mod tests {
     use crate::pipeline::cancel::CanceledDatasets;
     use crate::record::headers::{self, read_dead_letter, text_header};
     use crate::stages::{failure_key, retry_key};
-    use crate::telemetry::EffectEvent;
+    use crate::telemetry::{events, EffectEvent};
     use crate::testing::{self, block_on, decoded, encoded, model_server, queued_block, registry, transitions, written};
     use quire_core::{ErrorClass, StageName};
     use quire_engines::EnginesConfig;
@@ -210,7 +210,7 @@ mod tests {
         let (origin, failure) = read_dead_letter(&retried[0].headers).unwrap();
         assert_eq!((origin.topic.as_str(), failure.class), (QUEUED, ErrorClass::Transient));
         assert!(failure.reason.contains("500"), "{}", failure.reason);
-        assert!(effect.writes.events.iter().any(|e| matches!(e, EffectEvent::RetryScheduled { retry: 1, .. })));
+        assert!(effect.writes.events.iter().any(|e| matches!(e, EffectEvent::RetryScheduled(events::RetryScheduled { retry: 1, .. }))));
     }
 
     #[test]
@@ -226,7 +226,7 @@ mod tests {
         let (_, failure) = read_dead_letter(&letters[0].headers).unwrap();
         assert!(failure.reason.contains("gave up after 4 attempts"), "{}", failure.reason);
         assert_eq!(headers::int_header(&letters[0].headers, headers::RETRY_ATTEMPTS), Some(4));
-        assert!(effect.writes.events.iter().any(|e| matches!(e, EffectEvent::DeadLettered { .. })));
+        assert!(effect.writes.events.iter().any(|e| matches!(e, EffectEvent::DeadLettered(_))));
     }
 
     #[test]

@@ -78,7 +78,7 @@ impl StageContext {
             let audit = match letters::audit(block, self.stage.as_str(), &self.instance_id, pair[0], pair[1], reason) {
                 Ok(audit) => audit,
                 Err(illegal) => {
-                    events::illegal_transition(self.stage.as_str(), &illegal);
+                    events::emit(events::IllegalTransitionRejected { stage: self.stage.as_str(), transition: illegal.clone() });
                     return Ok(Err(Failure::data("illegal-transition", illegal.to_string())));
                 }
             };
@@ -144,14 +144,14 @@ impl StageContext {
                 };
                 let retried = letters::retry(&self.origin(input), input, block, failure, retry, delay, now_ms());
                 writes.push(self.encode(&retried.topic, &block.block_id, &retried.block, retried.headers).await?);
-                writes.events.push(EffectEvent::RetryScheduled {
+                writes.events.push(EffectEvent::RetryScheduled(events::RetryScheduled {
                     stage: self.stage.as_str(),
                     instance_id: self.instance_id.clone(),
                     block_id: block.block_id.clone(),
                     failure: failure.clone(),
                     retry,
                     delay,
-                });
+                }));
                 Ok(Effect::new(retry_key(block, retry), writes))
             }
         }

@@ -6,7 +6,7 @@
 use crate::record::headers::{self, read_dead_letter, text_header, DATASET_ID};
 use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
-use crate::telemetry::EffectEvent;
+use crate::telemetry::{events, EffectEvent};
 use quire_core::records::{now_ms, QuarantineRecord, QUARANTINED};
 use quire_core::{ErrorClass, Failure};
 
@@ -115,13 +115,13 @@ impl Stage for Quarantine {
 
 /// The event of `record` filed under `key`.
 fn quarantined(instance_id: &str, key: &str, record: &QuarantineRecord) -> EffectEvent {
-    EffectEvent::Quarantined {
+    EffectEvent::Quarantined(events::Quarantined {
         instance_id: instance_id.to_owned(),
         key: key.to_owned(),
         failed_stage: record.failed_stage.clone(),
         class: record.error_class.clone(),
         reason: record.reason.clone(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -174,7 +174,7 @@ mod tests {
         assert_eq!((record.original_topic.as_str(), record.original_offset, record.attempts), ("quire.blocks.queued", 3, 2));
         assert_eq!(record.payload.as_deref(), Some(&b"the block's bytes"[..]), "the failed record's bytes, for replay");
         assert_eq!(record.status, QUARANTINED);
-        assert!(matches!(&effects[0].writes.events[..], [EffectEvent::Quarantined { .. }]));
+        assert!(matches!(&effects[0].writes.events[..], [EffectEvent::Quarantined(_)]));
     }
 
     #[test]

@@ -122,7 +122,7 @@ mod tests {
         let validated: ValidatedResult = decoded(completed[0]);
         assert_eq!((validated.block_id.as_str(), validated.label.as_str(), validated.engine.as_str()), (id.as_str(), "en", "model"));
         assert_eq!(validated.text_checksum, result.block.checksum);
-        assert!(effects[0].writes.events.iter().any(|e| matches!(e, EffectEvent::BlockCompleted { .. })));
+        assert!(effects[0].writes.events.iter().any(|e| matches!(e, EffectEvent::BlockCompleted(_))));
 
         let replayed = InferenceResult { block: Block { generation: 3, ..result.block.clone() }, ..result };
         assert_eq!(validate(context(), &replayed)[0].dedup_key, id, "a block reaches the output once, however often replayed");

@@ -28,13 +28,7 @@ use quire_core::{BlockState, ErrorClass, Failure, StageName};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// Metric names of the block watchdog.
-pub mod names {
-    /// Blocks past their state's TTL, by state and verdict.
-    pub const STALLED_BLOCKS: &str = "quire_watchdog_stalled_blocks";
-    pub const REDRIVEN: &str = "quire_watchdog_blocks_redriven_total";
-    pub const QUARANTINED: &str = "quire_watchdog_blocks_quarantined_total";
-}
+use crate::telemetry::names::blocks as names;
 
 /// How long one round may spend reading one topic; the rest is read next round.
 const READ_BUDGET: Duration = Duration::from_secs(5);

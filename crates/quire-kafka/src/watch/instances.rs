@@ -11,11 +11,7 @@ use quire_core::StageName;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// Metric names of the instance watchdog.
-pub mod names {
-    /// Instances by `service` and `liveness` (alive, stopped, dead).
-    pub const INSTANCES: &str = "quire_watchdog_instances";
-}
+use crate::telemetry::names::instances as names;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -20,24 +20,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// kafka-lag-exporter's metric names (labels `cluster_name, group, topic, partition`).
-pub mod names {
-    pub const GROUP_LAG: &str = "kafka_consumergroup_group_lag";
-    pub const GROUP_LAG_SECONDS: &str = "kafka_consumergroup_group_lag_seconds";
-    pub const GROUP_OFFSET: &str = "kafka_consumergroup_group_offset";
-    pub const GROUP_MAX_LAG: &str = "kafka_consumergroup_group_max_lag";
-    pub const GROUP_MAX_LAG_SECONDS: &str = "kafka_consumergroup_group_max_lag_seconds";
-    pub const GROUP_SUM_LAG: &str = "kafka_consumergroup_group_sum_lag";
-    pub const GROUP_TOPIC_SUM_LAG: &str = "kafka_consumergroup_group_topic_sum_lag";
-    pub const PARTITION_LATEST_OFFSET: &str = "kafka_partition_latest_offset";
-    pub const PARTITION_EARLIEST_OFFSET: &str = "kafka_partition_earliest_offset";
-    /// 1 for the group's current Burrow-style status, 0 for the others.
-    pub const GROUP_STATUS: &str = "quire_consumergroup_status";
-    /// Records the group committed past per second, over the last poll.
-    pub const GROUP_THROUGHPUT: &str = "quire_consumergroup_throughput_records_per_second";
-    /// When the watchdog last sampled the groups, epoch seconds.
-    pub const LAST_POLL: &str = "quire_watchdog_last_poll_timestamp_seconds";
-}
+use crate::telemetry::names::lag as names;
 
 /// One partition of one group, as last polled.
 #[derive(Debug, Clone, Serialize)]
