@@ -55,7 +55,7 @@ fn current_schemas_evolve_from_the_released_ones() {
     let codec = Codec::new(&stack.schema_registry_url).unwrap();
     let released = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/released");
     // Schemas added since the last release have nothing to evolve from.
-    const NEW_SINCE_RELEASE: [&str; 2] = ["DatasetControl", "InstanceHeartbeat"];
+    const NEW_SINCE_RELEASE: [&str; 3] = ["DatasetControl", "InstanceHeartbeat", "LedgerEntry"];
     for (name, current) in SCHEMAS {
         if NEW_SINCE_RELEASE.contains(&name) {
             assert!(!released.join(format!("{name}.avsc")).exists(), "{name} was released: remove it from NEW_SINCE_RELEASE");
@@ -97,13 +97,15 @@ fn topics_apply_is_idempotent_and_matches_topics_yaml() {
     let env = stack.env(&prefix);
     let dry = quire(&["topics", "apply", "--dry-run"], &env).unwrap();
     let dry = String::from_utf8_lossy(&dry.stdout).into_owned();
-    // Eleven topics, and one retry topic per default delay of the queued topic.
-    assert_eq!(dry.matches("would create: ").count(), 14, "{dry}");
+    // Fifteen topics (four of them the stages' ledgers), and one retry topic per default
+    // delay of the queued topic.
+    assert_eq!(dry.matches("would create: ").count(), 18, "{dry}");
+    assert!(dry.contains(&format!("would create: {prefix}.inference.ledger\n")), "{dry}");
     assert!(dry.contains(&format!("would create: {prefix}.blocks.queued-retry-30000\n")), "{dry}");
     let first = String::from_utf8_lossy(&quire(&["topics", "apply"], &env).unwrap().stdout).into_owned();
-    assert_eq!(first.matches("created: ").count(), 14, "{first}");
+    assert_eq!(first.matches("created: ").count(), 18, "{first}");
     let second = String::from_utf8_lossy(&quire(&["topics", "apply"], &env).unwrap().stdout).into_owned();
-    assert!(!second.contains("created: ") && second.contains("unchanged: 14 topic(s)") && !second.contains("drift"), "{second}");
+    assert!(!second.contains("created: ") && second.contains("unchanged: 18 topic(s)") && !second.contains("drift"), "{second}");
     // Against the production profile the single broker shows drift, and apply says so.
     let production = String::from_utf8_lossy(&quire(&["topics", "apply", "--profile", "production", "--dry-run"], &env).unwrap().stdout).into_owned();
     assert!(production.contains("drift: ") && production.contains("partitions 3 on the cluster, 12 declared"), "{production}");

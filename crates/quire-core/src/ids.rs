@@ -47,6 +47,13 @@ pub fn checksum(text: &str) -> String {
     format!("sha256:{}", sha256_hex(&[text.as_bytes()]))
 }
 
+/// A fingerprint of several texts taken together (`sha256:` + hex; each part is
+/// length-prefixed, so parts never run into each other).
+pub fn fingerprint(parts: &[&str]) -> String {
+    let bytes: Vec<&[u8]> = parts.iter().map(|part| part.as_bytes()).collect();
+    format!("sha256:{}", sha256_hex(&bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +72,13 @@ mod tests {
         assert_ne!(content_key("s", [("ab", "c")]), content_key("s", [("a", "bc")]));
         assert_eq!(content_key("s", [("a", "b")]), content_key("s", [("a", "b")]));
         assert_ne!(content_key("d1|translate|fr", [("a", "b")]), content_key("d1|translate|de", [("a", "b")]));
+    }
+
+    #[test]
+    fn fingerprints_keep_their_parts_apart() {
+        assert_eq!(fingerprint(&["ab", "c"]), fingerprint(&["ab", "c"]));
+        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
+        assert!(fingerprint(&[]).starts_with("sha256:"));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`records`]: the records Quire exchanges between stages (mirrors `schemas/*.avsc`).
 //! - [`ids`]: idempotency keys, deterministic block ids and checksums.
 //! - [`latest`]: a block's latest state and its newest copy, folded from the topics.
+//! - [`ledger`]: what a stage did with each input it read, and whether an input is new
+//!   work, before any work is done on it.
 //! - [`split`]: splits a document into blocks, deterministically.
 //! - [`screen`]: checks of records from outside (bounded fields, no control characters,
 //!   block ids that match their keys) before any work is done on them.
@@ -24,6 +26,7 @@ pub mod ids;
 pub mod instances;
 pub mod lag;
 pub mod latest;
+pub mod ledger;
 pub mod progress;
 pub mod records;
 pub mod retry;

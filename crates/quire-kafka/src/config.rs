@@ -245,8 +245,14 @@ impl TopicNames {
         for stage in StageName::ALL {
             topics.extend(self.inputs(stage, schedule));
             topics.extend(self.outputs(stage, schedule));
+            topics.insert(self.ledger(stage));
         }
         topics
+    }
+    /// The ledger of a stage: what it did with each input it read, on the partition the
+    /// input came from.
+    pub fn ledger(&self, stage: StageName) -> String {
+        self.topic(&format!("{}.ledger", stage.as_str()))
     }
     /// The consumer group of a stage.
     pub fn group(&self, stage: StageName) -> String {

@@ -21,7 +21,7 @@ use std::time::Duration;
 /// The schema files, by record name, in the order `topics.yaml` first names them: every
 /// registrant registers them in this order, so a registry that numbers schemas in the
 /// order it first sees them (the local one) gives each the same id whoever comes first.
-pub const SCHEMAS: [(&str, &str); 8] = [
+pub const SCHEMAS: [(&str, &str); 9] = [
     ("DatasetSubmission", include_str!("../../../../schemas/DatasetSubmission.avsc")),
     ("Block", include_str!("../../../../schemas/Block.avsc")),
     ("InferenceResult", include_str!("../../../../schemas/InferenceResult.avsc")),
@@ -30,6 +30,7 @@ pub const SCHEMAS: [(&str, &str); 8] = [
     ("DatasetControl", include_str!("../../../../schemas/DatasetControl.avsc")),
     ("InstanceHeartbeat", include_str!("../../../../schemas/InstanceHeartbeat.avsc")),
     ("QuarantineRecord", include_str!("../../../../schemas/QuarantineRecord.avsc")),
+    ("LedgerEntry", include_str!("../../../../schemas/LedgerEntry.avsc")),
 ];
 
 /// The text of the schema named `name`.
@@ -418,6 +419,23 @@ mod tests {
             let truncated = &value[..cut.index(value.len())];
             prop_assert!(runtime.block_on(codec.decode::<quire_core::records::DatasetSubmission>(Some(truncated))).is_err());
         }
+    }
+
+    #[test]
+    fn ledger_entries_encode_with_their_schema() {
+        let entry = quire_core::ledger::LedgerEntry {
+            stage: "inference".into(),
+            key: "blk-1#g0@a0".into(),
+            generation: 0,
+            fingerprint: "sha256:00".into(),
+            state: quire_core::BlockState::Validating,
+            output_keys: vec!["blk-1".into()],
+            input_topic: "quire.blocks.queued".into(),
+            input_partition: 3,
+            input_offset: 42,
+            recorded_at_ms: 7,
+        };
+        assert_eq!(round_trip("LedgerEntry", &entry), entry);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::io::codec::{schema_text, Codec};
 use crate::config::{KafkaArgs, TopicNames};
 use crate::{Error, Result};
 use quire_core::retry::RetrySchedule;
+use quire_core::StageName;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use serde::Deserialize;
@@ -111,8 +112,33 @@ impl TopicsFile {
                 });
             }
         }
+        check_co_partitioning(&desired, prefix, retries)?;
         Ok(desired)
     }
+}
+
+/// Refuses a layout in which a stage's ledger and its inputs have different partition
+/// counts: an input's ledger entry goes to the partition the input came from, and the
+/// instance that owns an input partition reads that ledger partition alone.
+fn check_co_partitioning(desired: &[DesiredTopic], prefix: &str, retries: &RetrySchedule) -> Result<()> {
+    let names = TopicNames::new(prefix);
+    let partitions = |name: &str| desired.iter().find(|t| t.name == name).map(|t| t.partitions);
+    for stage in StageName::ALL {
+        let ledger = names.ledger(stage);
+        let Some(ledger_partitions) = partitions(&ledger) else { continue };
+        for input in names.inputs(stage, retries) {
+            if let Some(input_partitions) = partitions(&input).filter(|p| *p != ledger_partitions) {
+                return Err(Error::Topics {
+                    path: "topics.yaml".into(),
+                    message: format!(
+                        "{ledger} has {ledger_partitions} partitions but the {stage} reads {input}, which has {input_partitions}: \
+                         a stage's ledger needs the partition count of its inputs (each entry goes to its input's partition)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What `apply` found and did.
@@ -256,6 +282,20 @@ mod tests {
         }
         let listed: Vec<&str> = crate::io::codec::SCHEMAS.iter().map(|(name, _)| *name).collect();
         assert_eq!(first_named, listed, "codec::SCHEMAS must follow topics.yaml, or the local registry numbers them differently after a restart");
+    }
+
+    #[test]
+    fn a_ledger_out_of_step_with_its_stage_inputs_is_refused_with_both_named() {
+        let file = TopicsFile::load(None).unwrap();
+        for profile in file.profiles.keys() {
+            file.desired(profile, "quire", &RetrySchedule::default()).expect("topics.yaml is co-partitioned");
+        }
+        let mut broken = file.clone();
+        broken.topics.iter_mut().find(|t| t.name == "quire.inference.ledger").unwrap().partitions = 6;
+        let err = broken.desired("production", "quire", &RetrySchedule::default()).unwrap_err().to_string();
+        assert!(err.contains("quire.inference.ledger has 6 partitions") && err.contains("quire.blocks.queued, which has 12"), "{err}");
+        // A profile that sets every count alike keeps them aligned.
+        broken.desired("local", "quire", &RetrySchedule::default()).expect("local profile: 3 partitions everywhere");
     }
 
     #[test]
