@@ -62,6 +62,18 @@ impl LedgerKey {
     }
 }
 
+impl LedgerKey {
+    /// A dead letter, at the quarantine: one entry per key its stage filed it under.
+    pub fn of_dead_letter(dedup_key: &str, reason: &str) -> Self {
+        LedgerKey { key: dedup_key.to_owned(), generation: 0, fingerprint: ids::fingerprint(&[reason]) }
+    }
+
+    /// An input its stage could not read: one entry per position (`topic/partition/offset`).
+    pub fn unread(position_key: String) -> Self {
+        LedgerKey { key: position_key, generation: 0, fingerprint: String::new() }
+    }
+}
+
 /// What a block asks an engine to do: its text, task and languages.
 fn work_fingerprint(block: &Block) -> String {
     ids::fingerprint(&[
@@ -81,8 +93,9 @@ pub struct LedgerEntry {
     pub key: String,
     pub generation: i32,
     pub fingerprint: String,
-    /// Where the input's block went in this stage (for the claimer, its blocks).
-    pub state: BlockState,
+    /// Where the input's block went in this stage (for the claimer, its blocks); None
+    /// for an input that names no block (unreadable, or a dead letter filed).
+    pub state: Option<BlockState>,
     /// The dedup keys of the effects written for the input.
     pub output_keys: Vec<String>,
     pub input_topic: String,
@@ -108,7 +121,7 @@ pub enum Admission {
 /// Whether an input (`key`) is new work, given the entry its stage ledgered for it.
 pub fn admit(entry: Option<&LedgerEntry>, key: &LedgerKey) -> Admission {
     let Some(entry) = entry else { return Admission::New };
-    if entry.state.is_terminal() {
+    if entry.state.is_some_and(BlockState::is_terminal) {
         return Admission::Done;
     }
     match key.generation.cmp(&entry.generation) {
@@ -152,7 +165,7 @@ mod tests {
             key: key.key.clone(),
             generation: key.generation,
             fingerprint: key.fingerprint.clone(),
-            state,
+            state: Some(state),
             output_keys: vec!["out".into()],
             input_topic: "q.blocks.queued".into(),
             input_partition: 4,

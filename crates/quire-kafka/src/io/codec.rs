@@ -428,7 +428,7 @@ mod tests {
             key: "blk-1#g0@a0".into(),
             generation: 0,
             fingerprint: "sha256:00".into(),
-            state: quire_core::BlockState::Validating,
+            state: Some(quire_core::BlockState::Validating),
             output_keys: vec!["blk-1".into()],
             input_topic: "quire.blocks.queued".into(),
             input_partition: 3,

@@ -140,7 +140,7 @@ mod tests {
             key: key.into(),
             generation: 0,
             fingerprint: "sha256:00".into(),
-            state,
+            state: Some(state),
             output_keys: vec![format!("{key}-out")],
             input_topic: "quire.blocks.queued".into(),
             input_partition: 2,
@@ -161,7 +161,7 @@ mod tests {
         assert_eq!((store.get(2, "a").unwrap(), store.checkpoint(2).unwrap(), store.len(2).unwrap()), (None, None, 0));
         store.apply(2, &[entry("a", BlockState::Queued, 10), entry("b", BlockState::Validating, 11)], 40).unwrap();
         store.apply(2, &[entry("a", BlockState::Validating, 12)], 41).unwrap();
-        assert_eq!(store.get(2, "a").unwrap().map(|e| (e.state, e.input_offset)), Some((BlockState::Validating, 12)), "the latest entry per key");
+        assert_eq!(store.get(2, "a").unwrap().map(|e| (e.state, e.input_offset)), Some((Some(BlockState::Validating), 12)), "the latest entry per key");
         assert_eq!((store.len(2).unwrap(), store.checkpoint(2).unwrap()), (2, Some(41)));
         assert_eq!((store.get(3, "a").unwrap(), store.checkpoint(3).unwrap()), (None, None), "partitions apart");
     }
@@ -176,7 +176,7 @@ mod tests {
             store.apply(2, &[entry("b", BlockState::Queued, 5)], 6).unwrap();
         }
         let store = LedgerStore::open(&path).unwrap();
-        assert_eq!(store.get(1, "a").unwrap().map(|e| e.state), Some(BlockState::Completed));
+        assert_eq!(store.get(1, "a").unwrap().and_then(|e| e.state), Some(BlockState::Completed));
         assert_eq!(store.checkpoint(2).unwrap(), Some(6));
         store.reset(1).unwrap();
         assert_eq!((store.get(1, "a").unwrap(), store.checkpoint(1).unwrap()), (None, None));

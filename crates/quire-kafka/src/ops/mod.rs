@@ -106,7 +106,7 @@ impl Operator {
                 crate::io::topics::register_all_schemas(&self.codec, &self.args).await
             })
             .await?;
-        Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload: self.codec.encode(topic, value).await?, headers })
+        Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload: self.codec.encode(topic, value).await?, headers, partition: None })
     }
 
     /// The audit record of `block` going `from → to`, checked by the state machine.

@@ -206,7 +206,7 @@ impl Replay {
             None => {
                 let payload = record.payload.clone().ok_or(ReplayError::NoPayload)?;
                 let topic = quire_core::retry::base_topic(&record.original_topic).to_owned();
-                vec![OutputRecord { topic, key: record.key.clone(), payload, headers: Vec::new() }]
+                vec![OutputRecord { topic, key: record.key.clone(), payload, headers: Vec::new(), partition: None }]
             }
         };
         records.push(operator.replayed(record, by).await?);

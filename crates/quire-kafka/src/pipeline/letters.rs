@@ -149,6 +149,7 @@ impl DeadLetter {
             key: key.to_owned(),
             payload: payload.unwrap_or_default(),
             headers: headers::dead_letter_headers(origin, failure),
+            partition: None,
         };
         DeadLetter { record }
     }

@@ -2,7 +2,9 @@
 //! into [`Effect`]s), and the machinery around it that makes those effects exactly-once.
 //!
 //! # Layout
-//! - [`letters`]: the one builder of audit records and the one of dead letters.
+//! - [`letters`]: the one builder each of audit records, dead letters and retry records.
+//! - [`ledger`]: the entry each input leaves on its stage's ledger, written with its
+//!   effects.
 //! - [`run`]: the consume → process → produce → commit loop (batches, transactions,
 //!   pauses, rebalances).
 //! - [`dedup`]: the keys a stage already wrote, rebuilt from its own output.
@@ -13,6 +15,7 @@
 pub mod cancel;
 pub mod dedup;
 pub mod heartbeat;
+pub mod ledger;
 pub mod letters;
 pub mod run;
 pub mod service;
@@ -26,6 +29,7 @@ use crate::{Codec, Result};
 use cancel::CanceledDatasets;
 use letters::DeadLetter;
 use heartbeat::InstanceStatus;
+use quire_core::ledger::LedgerKey;
 use quire_core::retry::RetrySchedule;
 use quire_core::{Failure, StageName};
 use std::time::Instant;
@@ -241,6 +245,11 @@ pub trait Stage: Send + 'static {
     /// Asked after each processed record: `Some(t)` pauses every partition until `t`
     /// (a dependency is overloaded: back off).
     fn backpressure_until(&mut self) -> Option<Instant> {
+        None
+    }
+    /// Asked after each processed record: what the stage's ledger knows it as (the stage
+    /// read it); None for a record it could not read, ledgered under its position.
+    fn ledger_key(&mut self) -> Option<LedgerKey> {
         None
     }
 }

@@ -29,6 +29,7 @@
 //! the async runtime only to call [`Stage::process`].
 
 use super::dedup::DedupIndex;
+use super::ledger;
 use super::heartbeat::InstanceStatus;
 use super::{Effect, Stage, StageError};
 use crate::config::{DeliveryMode, KafkaArgs};
@@ -90,6 +91,12 @@ struct Batch {
 }
 
 impl Batch {
+    /// Holds `record` for the batch's commit, counted by topic.
+    fn hold(&mut self, record: OutputRecord) {
+        *self.produced.entry(record.topic.clone()).or_default() += 1;
+        self.held.push(record);
+    }
+
     fn note_input(&mut self, input: &Input) {
         let tp = (input.topic.clone(), input.partition);
         self.rewind_to.entry(tp.clone()).or_insert(input.offset);
@@ -368,8 +375,7 @@ impl Core {
                 if let Some(state) = &tracestate {
                     headers::set_header(&mut record.headers, headers::TRACESTATE, state.clone());
                 }
-                *self.batch.produced.entry(record.topic.clone()).or_default() += 1;
-                self.batch.held.push(record);
+                self.batch.hold(record);
             }
             self.batch.events.extend(effect.writes.events);
             self.batch.pending_keys.insert(effect.dedup_key);
@@ -726,6 +732,7 @@ fn run_blocking<S: Stage>(
 ) -> Result<()> {
     let context = stage.context().clone();
     let stage_name = context.stage.as_str();
+    let ledger_topic = context.names.ledger(context.stage);
     let transactional_id = format!("{}-{}-{}", args.topic_prefix, stage_name, args.instance_id);
     let mut producer_config = args.client_config();
     producer_config
@@ -856,6 +863,7 @@ fn run_blocking<S: Stage>(
         if let Some(input) = input {
             let (processing, processing_since) = (Instant::now(), SystemTime::now());
             let processed = runtime.block_on(process_within_limits(&mut stage, &input, args.max_record_bytes, args.max_output_bytes()));
+            let ledger_key = stage.ledger_key();
             events::emit(events::RecordTook { stage: stage_name, took: processing.elapsed() });
             // What the stage could not do: pause or exit here; a retry aborts the batch
             // below (the record was quarantined already, see `process_within_limits`).
@@ -876,7 +884,15 @@ fn run_blocking<S: Stage>(
                 }
             }
             core.batch.note_input(&input);
-            let applied = processed.map(|effects| core.apply(&input, effects, processing_since)).map_err(|e| e.to_string());
+            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| {
+                // The input's ledger entry goes with its effects: encoded first, so a
+                // registry that cannot answer retries the batch before anything is held.
+                let entry = ledger::entry(stage_name, &input, ledger_key, &effects);
+                let record = runtime.block_on(ledger::record(&context.codec, &ledger_topic, &entry)).map_err(|e| e.to_string())?;
+                let duplicates = core.apply(&input, effects, processing_since);
+                core.batch.hold(record);
+                Ok(duplicates)
+            });
             match applied {
                 Ok(duplicates) => {
                     events::emit(events::RecordProcessed { stage: stage_name, duplicates });

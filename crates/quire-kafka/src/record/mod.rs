@@ -87,6 +87,8 @@ pub struct OutputRecord {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Headers,
+    /// The partition to write to; None: the one the key hashes to.
+    pub partition: Option<i32>,
 }
 
 impl OutputRecord {
@@ -101,7 +103,11 @@ impl OutputRecord {
         for (name, value) in &self.headers {
             headers = headers.insert(Header { key: name, value: Some(value) });
         }
-        BaseRecord::to(&self.topic).key(&self.key).payload(&self.payload).headers(headers)
+        let record = BaseRecord::to(&self.topic).key(&self.key).payload(&self.payload).headers(headers);
+        match self.partition {
+            Some(partition) => record.partition(partition),
+            None => record,
+        }
     }
 }
 

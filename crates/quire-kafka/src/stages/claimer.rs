@@ -7,16 +7,19 @@ use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, Block, DatasetSubmission};
 use quire_core::split::split_blocks;
+use quire_core::ledger::LedgerKey;
 use quire_core::{ids, BlockState, Failure};
 
 pub struct Claimer {
     context: StageContext,
     max_block_chars: usize,
+    /// What the ledger knows the record being processed as.
+    ledgered: Option<LedgerKey>,
 }
 
 impl Claimer {
     pub fn new(context: StageContext, max_block_chars: usize) -> Self {
-        Claimer { context, max_block_chars }
+        Claimer { context, max_block_chars, ledgered: None }
     }
 }
 
@@ -58,7 +61,12 @@ impl Stage for Claimer {
         &self.context
     }
 
+    fn ledger_key(&mut self) -> Option<LedgerKey> {
+        self.ledgered.take()
+    }
+
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
+        self.ledgered = None;
         let ctx = &self.context;
         let submission: DatasetSubmission = match ctx.codec.decode(input.payload.as_deref()).await {
             Ok(submission) => submission,
@@ -67,6 +75,7 @@ impl Stage for Claimer {
         if let Err(failure) = quire_core::screen::submission(&submission) {
             return Ok(vec![ctx.unreadable(input, &failure)]);
         }
+        self.ledgered = Some(LedgerKey::of_submission(&submission));
         let blocks = blocks_of(&submission, self.max_block_chars, now_ms());
         if blocks.is_empty() {
             let failure = Failure::data(
@@ -123,7 +132,10 @@ mod tests {
 
     #[test]
     fn each_paragraph_is_queued_as_a_block_claimed_on_the_way() {
-        let effects = claim(&mut claimer(), 7, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap();
+        let mut claimer = claimer();
+        let effects = claim(&mut claimer, 7, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap();
+        assert_eq!(claimer.ledger_key(), Some(LedgerKey::of_submission(&submission("sub-1", THREE_PARAGRAPHS))), "ledgered as the document read");
+        assert_eq!(claimer.ledger_key(), None, "asked once per record");
         let queued: Vec<Block> = written(&effects, "quire.blocks.queued").into_iter().map(decoded).collect();
         assert_eq!(queued.iter().map(|b| b.text.as_str()).collect::<Vec<_>>(), ["alpha one", "beta two", "gamma 3"]);
         assert_eq!(effects.len(), 3, "one effect per block");
@@ -174,6 +186,7 @@ mod tests {
             let offset = 100 + offset as i64;
             let effects = claim(&mut claimer, offset, value.clone()).unwrap();
             assert_eq!(effects.len(), 1, "{why}");
+            assert_eq!(claimer.ledger_key(), None, "{why}: ledgered under its position");
             let effect = &effects[0];
             assert_eq!(effect.dedup_key, format!("{INGEST}/0/{offset}"), "{why}");
             let letters = written(&effects, DLT);

@@ -12,6 +12,7 @@ use super::{block_headers, block_key, decode_failure, BlockRef};
 use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
+use quire_core::ledger::LedgerKey;
 use quire_core::{Action, BlockState};
 use quire_engines::Engines;
 use std::sync::Arc;
@@ -27,11 +28,13 @@ pub struct Inference {
     /// Current backpressure pause (doubles while overload lasts) and when it ends.
     backpressure: Option<(Duration, Instant)>,
     pending_backpressure: Option<Instant>,
+    /// What the ledger knows the record being processed as.
+    ledgered: Option<LedgerKey>,
 }
 
 impl Inference {
     pub fn new(context: StageContext, engines: Arc<Engines>) -> Self {
-        Inference { context, engines, backpressure: None, pending_backpressure: None }
+        Inference { context, engines, backpressure: None, pending_backpressure: None, ledgered: None }
     }
 
     /// Notes an overloaded dependency: the next pause is twice the last, capped.
@@ -61,7 +64,12 @@ impl Stage for Inference {
         self.pending_backpressure.take()
     }
 
+    fn ledger_key(&mut self) -> Option<LedgerKey> {
+        self.ledgered.take()
+    }
+
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
+        self.ledgered = None;
         let ctx = &self.context;
         let block: Block = match ctx.codec.decode(input.payload.as_deref()).await {
             Ok(block) => block,
@@ -70,6 +78,7 @@ impl Stage for Inference {
         if let Err(failure) = quire_core::screen::block(&block) {
             return Ok(vec![ctx.unreadable(input, &failure)]);
         }
+        self.ledgered = Some(LedgerKey::of_queued(&block));
         if ctx.canceled.contains(&block.dataset_id) {
             return Ok(vec![ctx.block_canceled(input, &block, block.state, block_key(&block)).await?]);
         }

@@ -62,7 +62,7 @@ pub fn failure_key(block: &Block) -> String {
 impl StageContext {
     async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord, StageError> {
         let payload = self.codec.encode(topic, value).await.map_err(encode_failure)?;
-        Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload, headers })
+        Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload, headers, partition: None })
     }
 
     /// Audit records for `path` (each consecutive pair a transition), checked by the

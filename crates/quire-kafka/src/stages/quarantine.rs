@@ -8,15 +8,18 @@ use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
 use crate::telemetry::{events, EffectEvent};
 use quire_core::records::{now_ms, QuarantineRecord, QUARANTINED};
+use quire_core::ledger::LedgerKey;
 use quire_core::{ErrorClass, Failure};
 
 pub struct Quarantine {
     context: StageContext,
+    /// What the ledger knows the record being processed as.
+    ledgered: Option<LedgerKey>,
 }
 
 impl Quarantine {
     pub fn new(context: StageContext) -> Self {
-        Quarantine { context }
+        Quarantine { context, ledgered: None }
     }
 
     /// The quarantine record of dead letter `input`, filed under `key`, before its DLT
@@ -59,6 +62,10 @@ impl Stage for Quarantine {
         &self.context
     }
 
+    fn ledger_key(&mut self) -> Option<LedgerKey> {
+        self.ledgered.take()
+    }
+
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
         // A stage's dead letter is filed once under the key its stage gave it; anything
@@ -91,6 +98,7 @@ impl Stage for Quarantine {
                 record.reason = format!("dead-letter record without readable Spring DLT headers: {reason}");
             }
         }
+        self.ledgered = Some(LedgerKey::of_dead_letter(&dedup_key, &record.reason));
         let filed = quarantined(&ctx.instance_id, &key, &record);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
         Ok(vec![Effect::new(dedup_key, vec![output]).with_event(filed)])

@@ -8,15 +8,18 @@ use super::{block_headers, decode_failure, BlockRef};
 use crate::pipeline::{Effect, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, InferenceResult, ValidatedResult};
+use quire_core::ledger::LedgerKey;
 use quire_core::{rules, BlockState};
 
 pub struct Validator {
     context: StageContext,
+    /// What the ledger knows the record being processed as.
+    ledgered: Option<LedgerKey>,
 }
 
 impl Validator {
     pub fn new(context: StageContext) -> Self {
-        Validator { context }
+        Validator { context, ledgered: None }
     }
 }
 
@@ -25,7 +28,12 @@ impl Stage for Validator {
         &self.context
     }
 
+    fn ledger_key(&mut self) -> Option<LedgerKey> {
+        self.ledgered.take()
+    }
+
     async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
+        self.ledgered = None;
         let ctx = &self.context;
         let result: InferenceResult = match ctx.codec.decode(input.payload.as_deref()).await {
             Ok(result) => result,
@@ -35,6 +43,7 @@ impl Stage for Validator {
         if let Err(failure) = quire_core::screen::block(block) {
             return Ok(vec![ctx.unreadable(input, &failure)]);
         }
+        self.ledgered = Some(LedgerKey::of_result(&result));
         if ctx.canceled.contains(&block.dataset_id) {
             let canceled = ctx.block_canceled(input, block, block.state, block.block_id.clone()).await?;
             return Ok(vec![canceled.unless_done(&block.block_id)]);
