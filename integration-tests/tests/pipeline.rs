@@ -237,6 +237,41 @@ fn zombie_is_fenced_and_exits() {
     assert!(pipeline.service("quire-inference").running(), "the successor keeps running");
 }
 
+/// Without transactions nothing fences a paused instance: one that wakes holding a
+/// batch it never committed must write none of it once its partitions have moved on.
+#[test]
+fn an_idempotent_zombie_that_wakes_holding_a_batch_writes_none_of_it() {
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, "idempotent");
+    pipeline.start("quire-claimer", "0");
+    pipeline.start("quire-inference", "0");
+    // The validators hold each batch for 15 s, so the first is paused while it holds one.
+    pipeline.env.insert("QUIRE_COMMIT_INTERVAL_MS".into(), "15000".into());
+    let zombie = pipeline.start("quire-validator", "0");
+    let data = write_dataset(stack.dir.path(), "held", 10, 2);
+    pipeline.publish(&data, "held").expect("publish");
+    let held = eventually(WAIT, "the validator to take in results", || {
+        pipeline.services[zombie].metric("quire_stage_records_total", &[("stage", "validator")]).filter(|n| *n >= 1.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    let pid = pipeline.services[zombie].child.id().to_string();
+    let signal = |which: &str| assert!(std::process::Command::new("kill").args([which, &pid]).status().unwrap().success());
+    signal("-STOP");
+    // Its successor takes the partitions once the session times out, and completes them.
+    pipeline.start("quire-validator", "1");
+    let report = assert_exactly_once(&pipeline, "held", 20);
+    let blocks = report_field(&report, "blocks_expected") as usize;
+    signal("-CONT");
+    let log = eventually(WAIT, "the woken validator to give its batch up", || {
+        let log = pipeline.services[zombie].log_text();
+        log.contains("\"message\":\"batch aborted\"").then_some(log)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    let completed = count_records(&stack, &pipeline.prefix, &TopicNames::new(&pipeline.prefix).completed());
+    assert_eq!(completed, blocks, "the zombie held {held} record(s) and must write none of them:\n{}", tail(&log, 20));
+    assert!(log.contains("membership check before writing the batch"), "{}", tail(&log, 20));
+}
+
 #[test]
 fn demo_runs_the_sample_through_the_pipeline() {
     let dir = tempfile::Builder::new().prefix("quire-demo-").tempdir().unwrap();

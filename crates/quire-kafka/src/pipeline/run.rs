@@ -483,12 +483,34 @@ impl Core {
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
     ) -> std::result::Result<(), TxnFailure> {
+        self.check_membership(consumer)?;
         let audit_topic = self.audit_topic.clone();
         self.produce_held(|record| record.topic == audit_topic)?;
         self.flush_delivered("audit events")?;
         self.produce_held(|_| true)?;
         self.flush_delivered("outputs")?;
         consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
+    }
+
+    /// Without transactions nothing fences an instance that was paused past its session
+    /// timeout (a zombie) and wakes with a batch held: before the batch's records go
+    /// out, the group must still count this instance a member. Committing the batch's
+    /// start offsets (where its partitions stand committed already, so a no-op for the
+    /// group) fails for a zombie whose partitions moved. A pause after the check is left
+    /// to the producer's message timeout (see `KafkaArgs::message_timeout_ms`).
+    fn check_membership<C: ConsumerContext>(&self, consumer: &BaseConsumer<C>) -> std::result::Result<(), TxnFailure> {
+        if self.batch.rewind_to.is_empty() {
+            return Ok(());
+        }
+        let mut start = TopicPartitionList::new();
+        for ((topic, partition), offset) in &self.batch.rewind_to {
+            start
+                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+                .map_err(|e| TxnFailure::Abortable(format!("membership check: {e}")))?;
+        }
+        consumer
+            .commit(&start, CommitMode::Sync)
+            .map_err(|e| TxnFailure::Abortable(format!("membership check before writing the batch (this instance may have been paused past its session timeout): {e}")))
     }
 
     /// Waits for every record sent so far; fails if any of the batch's was not delivered.
