@@ -241,8 +241,17 @@ fn zombie_is_fenced_and_exits() {
 /// batch it never committed must write none of it once its partitions have moved on.
 #[test]
 fn an_idempotent_zombie_that_wakes_holding_a_batch_writes_none_of_it() {
+    a_zombie_that_wakes_holding_a_batch_writes_none_of_it("idempotent");
+}
+
+#[test]
+fn a_transactional_zombie_that_wakes_holding_a_batch_writes_none_of_it() {
+    a_zombie_that_wakes_holding_a_batch_writes_none_of_it("transactional");
+}
+
+fn a_zombie_that_wakes_holding_a_batch_writes_none_of_it(mode: &str) {
     let stack = Stack::start();
-    let mut pipeline = Pipeline::new(&stack, "idempotent");
+    let mut pipeline = Pipeline::new(&stack, mode);
     pipeline.start("quire-claimer", "0");
     pipeline.start("quire-inference", "0");
     // The validators hold each batch for 15 s, so the first is paused while it holds one.

@@ -443,6 +443,9 @@ impl Core {
         let metadata = consumer
             .group_metadata()
             .ok_or_else(|| TxnFailure::Abortable("consumer has no group metadata".into()))?;
+        // Kafka refuses the offsets of a stale group generation (KIP-447); the local
+        // broker takes them, so a zombie is stopped here (see the deviations table).
+        self.check_membership(consumer)?;
         self.begin()?;
         self.produce_held(|_| true)?;
         self.retry(|p, t| p.send_offsets_to_transaction(offsets, &metadata, t))?;
@@ -492,9 +495,10 @@ impl Core {
         consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
     }
 
-    /// Without transactions nothing fences an instance that was paused past its session
-    /// timeout (a zombie) and wakes with a batch held: before the batch's records go
-    /// out, the group must still count this instance a member. Committing the batch's
+    /// An instance paused past its session timeout (a zombie) may wake with a batch
+    /// held: before the batch's records go out, the group must still count it a member.
+    /// Without transactions nothing else fences it, and the local broker commits a
+    /// transaction's offsets whatever their group generation. Committing the batch's
     /// start offsets (where its partitions stand committed already, so a no-op for the
     /// group) fails for a zombie whose partitions moved. A pause after the check is left
     /// to the producer's message timeout (see `KafkaArgs::message_timeout_ms`).
