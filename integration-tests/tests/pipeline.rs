@@ -162,7 +162,7 @@ fn advances_past_poison_message_and_rejects_illegal_transition() {
     let codec = Codec::new(&stack.schema_registry_url).expect("codec");
     let text = "A block that skipped its pipeline.";
     // Its id is the one its key gives, so only its state is wrong.
-    let key = quire_core::ids::block_idempotency_key("forged", "illegal-transition", 0);
+    let key = quire_core::ids::block_idempotency_key("forged", "illegal-transition", 600, 0);
     let block = Block {
         dataset_id: "forged".into(),
         block_id: quire_core::ids::block_id(&key),

@@ -31,10 +31,13 @@ pub fn content_key<'a>(scope: &str, documents: impl IntoIterator<Item = (&'a str
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
-/// The idempotency key of one block: derived from the submission's key, so resubmitting
-/// the same submission yields the same block keys.
-pub fn block_idempotency_key(submission_key: &str, document_id: &str, sequence: u32) -> String {
-    sha256_hex(&[submission_key.as_bytes(), document_id.as_bytes(), &sequence.to_be_bytes()])
+/// The idempotency key of one block: derived from the submission's key and from how
+/// the document was split (`max_block_chars`), so resubmitting the same submission
+/// yields the same block keys, and a resubmission split otherwise (another
+/// `QUIRE_MAX_BLOCK_CHARS`) never gives a block of one split the id of a block of the
+/// other.
+pub fn block_idempotency_key(submission_key: &str, document_id: &str, max_block_chars: usize, sequence: u32) -> String {
+    sha256_hex(&[submission_key.as_bytes(), document_id.as_bytes(), &(max_block_chars as u64).to_be_bytes(), &sequence.to_be_bytes()])
 }
 
 /// A block's id: short, stable and derived from its idempotency key.
@@ -60,10 +63,11 @@ mod tests {
 
     #[test]
     fn keys_are_deterministic_and_distinct() {
-        let a = block_idempotency_key("k", "doc", 0);
-        assert_eq!(a, block_idempotency_key("k", "doc", 0));
-        assert_ne!(a, block_idempotency_key("k", "doc", 1));
-        assert_ne!(a, block_idempotency_key("k2", "doc", 0));
+        let a = block_idempotency_key("k", "doc", 600, 0);
+        assert_eq!(a, block_idempotency_key("k", "doc", 600, 0));
+        assert_ne!(a, block_idempotency_key("k", "doc", 600, 1));
+        assert_ne!(a, block_idempotency_key("k2", "doc", 600, 0));
+        assert_ne!(a, block_idempotency_key("k", "doc", 300, 0), "another split, another block");
         assert_eq!(block_id(&a).len(), 28);
     }
 

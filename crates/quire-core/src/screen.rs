@@ -148,7 +148,7 @@ mod tests {
 
     #[test]
     fn blocks_must_carry_the_id_of_their_key() {
-        let key = ids::block_idempotency_key("k", "doc", 0);
+        let key = ids::block_idempotency_key("k", "doc", 600, 0);
         let block = Block { idempotency_key: key.clone(), block_id: ids::block_id(&key), ..Block::fixture("x", "text", crate::BlockState::Queued) };
         super::block(&block).unwrap();
         let forged = Block { block_id: format!("{}#g1", block.block_id), ..block.clone() };

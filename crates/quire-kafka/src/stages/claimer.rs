@@ -32,7 +32,7 @@ pub fn blocks_of(submission: &DatasetSubmission, max_block_chars: usize, now: i6
         .into_iter()
         .enumerate()
         .map(|(sequence, text)| {
-            let key = ids::block_idempotency_key(&submission.idempotency_key, &submission.document_id, sequence as u32);
+            let key = ids::block_idempotency_key(&submission.idempotency_key, &submission.document_id, max_block_chars, sequence as u32);
             Block {
                 block_id: ids::block_id(&key),
                 dataset_id: submission.dataset_id.clone(),
@@ -165,6 +165,15 @@ mod tests {
         let other = keys(claim(&mut claimer, 3, Some(encoded(INGEST, &submission("sub-2", THREE_PARAGRAPHS)))).unwrap());
         assert_eq!(first, again, "the loop's dedup drops a resubmission by these keys");
         assert!(other.iter().all(|k| !first.contains(k)), "{other:?} vs {first:?}");
+    }
+
+    #[test]
+    fn a_resubmission_split_otherwise_shares_no_block_id_with_the_first_split() {
+        let fine = blocks_of(&submission("sub-1", THREE_PARAGRAPHS), 10, 1);
+        let coarse = blocks_of(&submission("sub-1", THREE_PARAGRAPHS), 600, 1);
+        assert_eq!((fine.len(), coarse.len()), (3, 1));
+        assert!(fine.iter().all(|f| coarse.iter().all(|c| c.block_id != f.block_id)), "{fine:?} vs {coarse:?}");
+        assert_eq!(blocks_of(&submission("sub-1", THREE_PARAGRAPHS), 10, 2)[0].block_id, fine[0].block_id, "the same split, the same ids");
     }
 
     #[test]
