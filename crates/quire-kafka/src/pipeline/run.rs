@@ -17,7 +17,11 @@
 //!
 //! Every effect is also deduplicated by its key against [`DedupIndex`], so effects stay
 //! exactly-once on brokers that leak aborted writes and in `idempotent` mode, where no
-//! transactions are used and a crash replays the records after the last commit.
+//! transactions are used and a crash replays the records after the last commit. Each
+//! input also leaves its entry on the stage's ledger ([`super::ledger`]), held with its
+//! effects. Before a batch's records go out the instance checks that the group still
+//! counts it a member ([`Core::check_membership`]): one paused past its session timeout
+//! writes nothing of the batch it held.
 //!
 //! A record may also wait: a record on a retry topic is not read before its
 //! `retry_topic-backoff-timestamp` (its partition is paused until then, Spring's way,
