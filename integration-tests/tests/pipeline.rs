@@ -237,8 +237,10 @@ fn zombie_is_fenced_and_exits() {
     assert!(pipeline.service("quire-inference").running(), "the successor keeps running");
 }
 
-/// Without transactions nothing fences a paused instance: one that wakes holding a
-/// batch it never committed must write none of it once its partitions have moved on.
+/// An instance paused past its session timeout that wakes holding a batch it never
+/// committed must write none of it once its partitions have moved on: without
+/// transactions nothing else fences it, and the local broker commits a transaction's
+/// offsets whatever their group generation.
 #[test]
 fn an_idempotent_zombie_that_wakes_holding_a_batch_writes_none_of_it() {
     a_zombie_that_wakes_holding_a_batch_writes_none_of_it("idempotent");

@@ -60,9 +60,7 @@ impl LedgerKey {
             fingerprint: ids::fingerprint(&[&work_fingerprint(block), &result.engine, &result.output_checksum]),
         }
     }
-}
 
-impl LedgerKey {
     /// A dead letter, at the quarantine: one entry per key its stage filed it under.
     pub fn of_dead_letter(dedup_key: &str, reason: &str) -> Self {
         LedgerKey { key: dedup_key.to_owned(), generation: 0, fingerprint: ids::fingerprint(&[reason]) }

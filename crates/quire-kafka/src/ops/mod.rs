@@ -154,7 +154,7 @@ impl Operator {
         });
         let events = std::mem::take(&mut *self.pending.lock().expect("pending events lock"));
         if written.is_ok() {
-            events.iter().for_each(EffectEvent::emit);
+            events.into_iter().for_each(EffectEvent::emit);
         }
         written
     }

@@ -9,18 +9,15 @@ use crate::telemetry::EffectEvent;
 use crate::{Codec, Result};
 use quire_core::ledger::{LedgerEntry, LedgerKey};
 use quire_core::records::now_ms;
+use std::collections::HashSet;
 
 /// The entry of `input`, known to its stage as `key` (None: it could not be read),
 /// whose processing made `effects`: their dedup keys, and the state the last of their
 /// transitions reached.
 pub fn entry(stage: &str, input: &Input, key: Option<LedgerKey>, effects: &[Effect]) -> LedgerEntry {
     let key = key.unwrap_or_else(|| LedgerKey::unread(input.position_key()));
-    let mut output_keys: Vec<String> = Vec::with_capacity(effects.len());
-    for effect in effects {
-        if !output_keys.contains(&effect.dedup_key) {
-            output_keys.push(effect.dedup_key.clone());
-        }
-    }
+    let mut seen = HashSet::with_capacity(effects.len());
+    let output_keys: Vec<String> = effects.iter().filter(|e| seen.insert(e.dedup_key.as_str())).map(|e| e.dedup_key.clone()).collect();
     let state = effects.iter().flat_map(|e| &e.writes.events).rev().find_map(|event| match event {
         EffectEvent::Transition(transition) => Some(transition.to),
         _ => None,

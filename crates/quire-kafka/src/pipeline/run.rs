@@ -398,10 +398,7 @@ impl Core {
             return Ok(CommitOutcome::Empty);
         }
         let committing = Instant::now();
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.batch.next_offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
-        }
+        let offsets = offsets_list(&self.batch.next_offsets)?;
         let result = match self.mode {
             DeliveryMode::Transactional if !self.batch.held.is_empty() => self.commit_transaction(consumer, &offsets),
             // Nothing was produced, so there is nothing to make atomic with the offsets: a
@@ -422,9 +419,7 @@ impl Core {
                     produced: batch.produced,
                     took: committing.elapsed(),
                 });
-                for event in &batch.events {
-                    event.emit();
-                }
+                batch.events.into_iter().for_each(EffectEvent::emit);
                 self.instance.committed();
                 for key in batch.pending_keys {
                     self.dedup.insert(key);
@@ -510,12 +505,7 @@ impl Core {
         if self.batch.rewind_to.is_empty() {
             return Ok(());
         }
-        let mut start = TopicPartitionList::new();
-        for ((topic, partition), offset) in &self.batch.rewind_to {
-            start
-                .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                .map_err(|e| TxnFailure::Abortable(format!("membership check: {e}")))?;
-        }
+        let start = offsets_list(&self.batch.rewind_to).map_err(|e| TxnFailure::Abortable(format!("membership check: {e}")))?;
         consumer
             .commit(&start, CommitMode::Sync)
             .map_err(|e| TxnFailure::Abortable(format!("membership check before writing the batch (this instance may have been paused past its session timeout): {e}")))
@@ -641,6 +631,15 @@ impl Core {
         self.needs_catch_up = true;
         ended.map(|()| batch.rewind_to)
     }
+}
+
+/// `offsets` (per topic and partition) as librdkafka takes them.
+fn offsets_list(offsets: &HashMap<(String, i32), i64>) -> rdkafka::error::KafkaResult<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    Ok(list)
 }
 
 /// The consumer's context: gives the rebalance callbacks the loop's state.

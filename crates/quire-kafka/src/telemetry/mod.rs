@@ -109,8 +109,8 @@ pub enum EffectEvent {
 
 impl EffectEvent {
     /// Reports the event (see [`events::emit`]).
-    pub fn emit(&self) {
-        match self.clone() {
+    pub fn emit(self) {
+        match self {
             EffectEvent::Transition(event) => events::emit(event),
             EffectEvent::DeadLettered(event) => events::emit(event),
             EffectEvent::RetryScheduled(event) => events::emit(event),
