@@ -169,21 +169,6 @@ impl Report {
 const BAD_DATA_CAUSES: [&str; 8] =
     ["malformed-record", "unencodable-output", "record-too-large", "output-too-large", "invalid-field", "control-characters", "forged-block", "illegal-transition"];
 
-/// The state machine as the README documents it, written out again so the verifier
-/// does not share the code it checks.
-fn legal(from: BlockState, to: BlockState) -> bool {
-    use BlockState::*;
-    let terminal = |s: BlockState| matches!(s, Completed | Canceled);
-    match (from, to) {
-        (Pending, Claimed) | (Claimed, Queued) | (Queued, Processing) | (Processing, Validating) | (Validating, Completed) => true,
-        // Rescheduled for a retry, re-driven, replayed, or a lost queued record re-driven.
-        (Processing | Validating | Error | Queued, Queued) => true,
-        (from, Error) => !terminal(from) && from != Error,
-        (from, Canceled) => !terminal(from),
-        _ => false,
-    }
-}
-
 /// Paragraphs of 350 to 590 characters: each is one block under the default limit of
 /// 600, and no two fit in one.
 fn document_text(rng: &mut StdRng, dataset: &str, document: usize) -> String {
@@ -541,20 +526,9 @@ impl Outcome {
                 }
             }
         }
-        for (block_id, events) in &self.events {
-            let mut terminal: Option<BlockState> = None;
-            for change in events {
-                if !legal(change.from_state, change.to_state) {
-                    report.illegal_events.push(format!("{block_id}: {} → {} by {}", change.from_state, change.to_state, change.stage));
-                }
-                if let Some(state) = terminal {
-                    report.post_terminal_events.push(format!("{block_id}: {} → {} by {} after {state}", change.from_state, change.to_state, change.stage));
-                }
-                if matches!(change.to_state, BlockState::Completed | BlockState::Canceled) {
-                    terminal = Some(change.to_state);
-                }
-            }
-        }
+        let violations = crate::audit::Violations::of(&self.events);
+        report.illegal_events = violations.illegal;
+        report.post_terminal_events = violations.post_terminal;
         report
     }
 }

@@ -521,14 +521,15 @@ pub fn run(stack: &Stack, config: &Config) -> Report {
             records.push(corpus.good());
         }
     }
-    // The same document under the same key twice, with different texts: one completes.
-    let twin = |text: &str| {
+    // The same document under the same key twice, with different texts: the first
+    // completes, the second is quarantined as a reused key.
+    let twin = |text: &str, cause| {
         let submission = corpus.submission("hostile-twins", "twin-key", "twin", text.into());
         let value = corpus.encode(&names.ingest(), &submission);
-        Written { kind: None, topic: names.ingest(), key: Some(b"twin-key".to_vec()), value: Some(value), headers: Vec::new(), cause: None, document: None }
+        Written { kind: None, topic: names.ingest(), key: Some(b"twin-key".to_vec()), value: Some(value), headers: Vec::new(), cause, document: None }
     };
-    records.push(twin(SENTENCES[1]));
-    records.push(twin(SENTENCES[2]));
+    records.push(twin(SENTENCES[1], None));
+    records.push(twin(SENTENCES[2], Some("idempotency-key-reused")));
     let tiny_words = ["yes", "ok", "non", "ja", "si", "hello", "merci", "danke", "gracias", "ciao"];
     for t in 0..config.tiny_documents {
         let submission = DatasetSubmission {

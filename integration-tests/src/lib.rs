@@ -5,6 +5,7 @@
 //! topics, groups and transactional ids get a random prefix. A test never skips: if a
 //! program is missing, it fails and says which and how to install it.
 
+pub mod audit;
 pub mod chaos;
 pub mod hostile;
 pub mod model_server;
@@ -130,6 +131,7 @@ impl Stack {
             ("QUIRE_BOOTSTRAP_SERVERS".to_owned(), self.bootstrap_servers.clone()),
             ("QUIRE_SCHEMA_REGISTRY_URL".to_owned(), self.schema_registry_url.clone()),
             ("QUIRE_TOPIC_PREFIX".to_owned(), prefix.to_owned()),
+            ("QUIRE_STATE_DIR".to_owned(), self.dir.path().join("state").to_string_lossy().into_owned()),
         ])
     }
 
@@ -486,9 +488,15 @@ pub fn report_field(report: &serde_json::Value, field: &str) -> u64 {
     report[field].as_u64().unwrap_or_else(|| panic!("report has no {field}: {report}"))
 }
 
-/// Asserts that `quire verify` finds every block of `dataset` completed exactly once.
+/// Asserts that `quire verify` finds every block of `dataset` completed exactly once,
+/// and that the pipeline's whole audit log keeps the state machine's rules (see
+/// [`audit`]).
 pub fn assert_exactly_once(pipeline: &Pipeline<'_>, dataset: &str, min_blocks: u64) -> serde_json::Value {
     let (sound, report) = pipeline.verify(dataset, WAIT).expect("verify runs");
+    let log: Vec<quire_core::records::StateChange> =
+        read_decoded(pipeline.stack, &pipeline.prefix, &quire_kafka::config::TopicNames::new(&pipeline.prefix).events(), &runtime());
+    let violations = audit::Violations::of_log(&log);
+    assert!(violations.is_empty(), "the audit log breaks the state machine's rules: {violations:?}\n{}", pipeline.logs());
     assert!(sound, "verify found loss or duplication: {report}\n{}", pipeline.logs());
     assert!(report_field(&report, "blocks_expected") >= min_blocks, "{report}");
     assert_eq!(report_field(&report, "missing"), 0, "{report}");

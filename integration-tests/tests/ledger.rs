@@ -1,16 +1,23 @@
 //! Every stage ledgers each input it read: one entry per input record on the stage's
 //! ledger topic, on the input's partition, naming the input's position, the effects it
-//! made and the state its block reached, committed with those effects. The oracle is
-//! what the test reads on the stages' input and output topics, not Quire's own index.
+//! made and the state its block reached, committed with those effects; and answers from
+//! it, before any work, every input it answered before, whatever is left on its output
+//! topics. The oracle is what the test published and reads on the stages' input and
+//! output topics, and the model server's count of calls, not Quire's own index.
 
+use integration_tests::model_server::{Behaviour, ModelServer};
 use integration_tests::*;
 use quire_core::ledger::LedgerEntry;
 use quire_core::records::{Block, ValidatedResult};
-use quire_core::BlockState;
-use quire_kafka::config::TopicNames;
+use quire_core::{BlockState, StageName};
+use quire_kafka::config::{KafkaArgs, TopicNames};
 use quire_kafka::io::reader::TopicReader;
 use quire_kafka::Codec;
-use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -89,4 +96,165 @@ fn every_stage_ledgers_each_input_on_its_partition_transactional() {
 #[test]
 fn every_stage_ledgers_each_input_on_its_partition_idempotent() {
     every_stage_ledgers_each_input_on_its_partition("idempotent");
+}
+
+/// A record as read: key, value and headers, to write again as it was.
+type Copy = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// Every record on `topic`, copied.
+fn copies(stack: &Stack, prefix: &str, topic: &str) -> Vec<Copy> {
+    let reader = TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    let mut found = Vec::new();
+    reader
+        .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
+            let headers = m.headers().map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default();
+            found.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
+        })
+        .expect("read topic");
+    found
+}
+
+/// Writes `records` to `topic` again, as they were.
+fn write_again(stack: &Stack, topic: &str, records: &[Copy]) {
+    let producer: BaseProducer = stack.rdkafka_config().create().expect("producer");
+    for (key, value, copied) in records {
+        let mut headers = OwnedHeaders::new();
+        for (name, value) in copied {
+            headers = headers.insert(Header { key: name, value: Some(value) });
+        }
+        let mut record = BaseRecord::to(topic).payload(value).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    producer.flush(Duration::from_secs(10)).expect("flush");
+}
+
+/// Deletes every record of `topics` (DeleteRecords up to each partition's end), as
+/// retention does once their time is up.
+fn empty(stack: &Stack, prefix: &str, topics: &BTreeSet<String>, runtime: &tokio::runtime::Runtime) {
+    let admin: AdminClient<DefaultClientContext> = stack.rdkafka_config().create().expect("admin client");
+    let reader = TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    let mut list = TopicPartitionList::new();
+    for topic in topics {
+        for partition in 0..reader.partitions(topic).expect("topic exists") {
+            list.add_partition_offset(topic, partition, Offset::End).unwrap();
+        }
+    }
+    let deleted = runtime.block_on(admin.delete_records(&list, &AdminOptions::new())).expect("delete records");
+    for element in deleted.elements() {
+        assert!(element.error().is_ok(), "deleting {}/{}: {:?}", element.topic(), element.partition(), element.error());
+    }
+    for topic in topics {
+        assert_eq!(count_records(stack, prefix, topic), 0, "{topic} was emptied");
+    }
+}
+
+/// An engines config translating with the test model server `server`, written to the
+/// stack's directory; its path.
+fn engines_config(stack: &Stack, server: &ModelServer) -> String {
+    let yaml = format!("engines:\n  - {{name: llm, kind: openai, url: \"{}\", model: test-model}}\ntasks:\n  translate:\n    engines: [llm]\n", server.url);
+    let path = stack.dir.path().join(format!("engines-{}.yaml", rand::random::<u32>()));
+    std::fs::write(&path, yaml).expect("write engines config");
+    path.to_string_lossy().into_owned()
+}
+
+fn answered(pipeline: &mut Pipeline<'_>, service: &str, stage: &str) -> f64 {
+    pipeline.service(service).metric("quire_stage_inputs_answered_total", &[("stage", stage), ("how", "done")]).unwrap_or(0.0)
+}
+
+/// With every stage's output topics emptied (as retention empties them) and the stages
+/// restarted, inference's local ledger copy lost with its disk, the same dataset
+/// published again, and copies of the blocks and results the stages read written to
+/// their inputs again: the ledgers answer all of it before any work. No engine call, no
+/// new queued block, no audit event, nothing completed again.
+#[test]
+fn with_the_outputs_emptied_a_resubmission_calls_no_engine_and_completes_nothing() {
+    let runtime = runtime();
+    let stack = Stack::start();
+    let server = ModelServer::start(Behaviour::Healthy);
+    let config = engines_config(&stack, &server);
+    let mut pipeline = Pipeline::with_env(&stack, "transactional", &[("QUIRE_ENGINES_CONFIG", &config)]);
+    pipeline.start_all();
+    pipeline.publish_translation("again", 3, 2);
+    let report = assert_exactly_once(&pipeline, "again", 6);
+    let blocks = report_field(&report, "blocks_expected") as usize;
+    assert_eq!(server.calls(), blocks, "one engine call per block");
+    let (prefix, names) = (pipeline.prefix.clone(), TopicNames::new(&pipeline.prefix));
+    let (queued, results) = (copies(&stack, &prefix, &names.queued()), copies(&stack, &prefix, &names.results()));
+    assert_eq!((queued.len(), results.len()), (blocks, blocks));
+
+    for service in &mut pipeline.services {
+        assert!(service.terminate(Duration::from_secs(30)), "{} stops cleanly", service.name);
+    }
+    let schedule = KafkaArgs::default().retry_schedule();
+    let mut outputs: BTreeSet<String> = StageName::ALL.into_iter().flat_map(|stage| names.outputs(stage, &schedule)).collect();
+    outputs.insert(names.events());
+    empty(&stack, &prefix, &outputs, &runtime);
+    let inference_store = stack.dir.path().join("state").join(format!("{prefix}-inference-0.redb"));
+    std::fs::remove_file(&inference_store).unwrap_or_else(|e| panic!("{}: {e}", inference_store.display()));
+
+    pipeline.start_all();
+    pipeline.publish_translation("again", 3, 2);
+    write_again(&stack, &names.queued(), &queued);
+    write_again(&stack, &names.results(), &results);
+    eventually(WAIT, "every stage to answer what it read", || {
+        let claimer = answered(&mut pipeline, "quire-claimer", "claimer");
+        let inference = answered(&mut pipeline, "quire-inference", "inference");
+        let validator = answered(&mut pipeline, "quire-validator", "validator");
+        (claimer >= 3.0 && inference >= blocks as f64 && validator >= blocks as f64).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.calls(), blocks, "no engine call for work the ledger answered");
+    assert_eq!(count_records(&stack, &prefix, &names.completed()), 0, "nothing completed again");
+    assert_eq!(count_records(&stack, &prefix, &names.queued()), blocks, "no block queued again: only the copies written back");
+    assert_eq!(count_records(&stack, &prefix, &names.results()), blocks, "no new result: only the copies written back");
+    assert_eq!(count_records(&stack, &prefix, &names.events()), 0, "no state change audited");
+}
+
+/// Inference dies between writing a block's retry and committing it (its records reached
+/// the broker, its offsets did not), with an engine that failed once and answers from
+/// then on. Whatever the broker keeps of the dead batch, the block ends COMPLETED once,
+/// never also ERROR or quarantined, and the engine is asked twice in all: the failed
+/// call, and one that answers (the replayed attempt's, or the retry's).
+fn inference_killed_between_a_retry_and_its_commit_completes_the_block_once(mode: &str) {
+    let runtime = runtime();
+    let stack = Stack::start();
+    let server = ModelServer::start(Behaviour::Healthy);
+    server.fail_first(1);
+    let config = engines_config(&stack, &server);
+    let mut pipeline = Pipeline::with_env(&stack, mode, &[("QUIRE_ENGINES_CONFIG", &config), ("QUIRE_RETRY_DELAYS_MS", "300,600")]);
+    for stage in ["quire-claimer", "quire-validator", "quire-quarantine"] {
+        pipeline.start(stage, "0");
+    }
+    pipeline.env.insert("QUIRE_FAULT_CRASH_BEFORE_COMMIT_WITH".into(), "-retry-".into());
+    let crashing = pipeline.start("quire-inference", "0");
+    pipeline.env.remove("QUIRE_FAULT_CRASH_BEFORE_COMMIT_WITH");
+    pipeline.publish_translation("crash", 1, 1);
+    eventually(WAIT, "inference to die before committing the retry", || pipeline.services[crashing].child.try_wait().ok().flatten())
+        .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    assert!(pipeline.services[crashing].log_text().contains("injected crash before the commit"), "{}", pipeline.logs());
+    assert_eq!(server.calls(), 1, "the failed call");
+
+    pipeline.start("quire-inference", "0");
+    let report = assert_exactly_once(&pipeline, "crash", 1);
+    assert_eq!(report_field(&report, "blocks_expected"), 1);
+    let names = TopicNames::new(&pipeline.prefix);
+    let log: Vec<quire_core::records::StateChange> = read_decoded(&stack, &pipeline.prefix, &names.events(), &runtime);
+    let changes: Vec<String> = log.iter().map(|c| format!("{}->{}", c.from_state, c.to_state)).collect();
+    assert!(log.iter().all(|c| c.to_state != BlockState::Error), "never ERROR: {changes:?}");
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.quarantine()), 0, "never quarantined: {changes:?}");
+    assert_eq!(server.calls(), 2, "one failed call, one that answered: {changes:?}");
+}
+
+#[test]
+fn inference_killed_between_a_retry_and_its_commit_completes_the_block_once_transactional() {
+    inference_killed_between_a_retry_and_its_commit_completes_the_block_once("transactional");
+}
+
+#[test]
+fn inference_killed_between_a_retry_and_its_commit_completes_the_block_once_idempotent() {
+    inference_killed_between_a_retry_and_its_commit_completes_the_block_once("idempotent");
 }

@@ -85,11 +85,23 @@ pub struct KafkaArgs {
     #[arg(long, env = "QUIRE_RETRY_DELAYS_MS", default_value = quire_core::retry::DEFAULT_RETRY_DELAYS_MS)]
     pub retry_delays_ms: String,
 
+    /// Where each stage instance keeps the local copy of its ledger partitions, one file
+    /// per instance (`<dir>/<topic prefix>-<stage>-<instance id>.redb`). Losing it costs
+    /// a rebuild from the ledger topic, nothing else; on Kubernetes, a volume per pod.
+    #[arg(long, env = "QUIRE_STATE_DIR", default_value = "quire-state")]
+    pub state_dir: std::path::PathBuf,
+
     /// Fault injection for tests: after this many committed batches, the stage's producer
     /// is made to fail fatally once (librdkafka's `rd_kafka_test_fatal_error`), as a
     /// broker that loses its sequence bookkeeping makes it fail. 0: never.
     #[arg(long, env = "QUIRE_FAULT_FATAL_PRODUCER_AFTER_BATCHES", default_value_t = 0, hide = true)]
     pub fault_fatal_producer_after_batches: u64,
+
+    /// Fault injection for tests: the process dies (abort, like a SIGKILL) while it
+    /// commits the first batch holding a record on a topic whose name contains this,
+    /// after the batch's records reached the broker and before its commit. Empty: never.
+    #[arg(long, env = "QUIRE_FAULT_CRASH_BEFORE_COMMIT_WITH", default_value = "", hide = true)]
+    pub fault_crash_before_commit_with: String,
 }
 
 impl KafkaArgs {
@@ -115,6 +127,11 @@ impl KafkaArgs {
     /// quarantine record, plus room for their headers and fields.
     pub fn max_output_bytes(&self) -> usize {
         self.max_record_bytes + 64 * 1024
+    }
+
+    /// The file of `stage`'s local ledger copy for this instance.
+    pub fn ledger_store_path(&self, stage: StageName) -> std::path::PathBuf {
+        self.state_dir.join(format!("{}-{}-{}.redb", self.topic_prefix, stage.as_str(), self.instance_id))
     }
 
     /// The retry schedule (checked by [`KafkaArgs::validate`]).

@@ -49,6 +49,8 @@ pub enum Error {
     Topics { path: String, message: String },
     #[error("HTTP endpoint {addr}: {message}")]
     Endpoint { addr: String, message: String },
+    #[error(transparent)]
+    Store(#[from] crate::io::ledger_store::StoreError),
     #[error("this instance was fenced by a newer one with the same transactional id: {0}")]
     Fenced(String),
     #[error("{0}")]

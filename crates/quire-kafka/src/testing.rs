@@ -5,7 +5,7 @@
 
 use crate::config::KafkaArgs;
 use crate::io::topics::register_all_schemas;
-use crate::pipeline::{Effect, StageContext};
+use crate::pipeline::{Effect, Reading, Stage, StageContext, StageError};
 use crate::record::headers::Headers;
 use crate::record::{Input, OutputRecord};
 use crate::Codec;
@@ -256,4 +256,13 @@ pub(crate) fn transitions(effects: &[Effect]) -> Vec<(String, quire_core::BlockS
             (change.block_id, change.from_state, change.to_state)
         })
         .collect()
+}
+
+/// What `stage` makes of `input` as the loop would with an empty ledger: read, then
+/// processed (an unreadable input is its dead letter).
+pub(crate) async fn processed<S: Stage>(stage: &mut S, input: &Input) -> Result<Vec<Effect>, StageError> {
+    match stage.read(input).await? {
+        Reading::Unreadable(failure) => Ok(vec![stage.context().unreadable(input, &failure)]),
+        Reading::Read { work, .. } => stage.process(input, work).await,
+    }
 }

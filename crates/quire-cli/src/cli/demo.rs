@@ -54,6 +54,7 @@ fn start_service(name: &str, kafka: &KafkaArgs, dir: &Path, env: &[(&str, &str)]
         .env("QUIRE_BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
         .env("QUIRE_SCHEMA_REGISTRY_URL", &kafka.schema_registry_url)
         .env("QUIRE_TOPIC_PREFIX", &kafka.topic_prefix)
+        .env("QUIRE_STATE_DIR", dir.join("state"))
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

@@ -11,11 +11,13 @@
 //! write faster, but a stage writes one entry per input, far below what either sustains.
 
 use quire_core::ledger::LedgerEntry;
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use std::path::{Path, PathBuf};
 
 /// Per ledger partition: the next ledger offset to read.
 const CHECKPOINTS: TableDefinition<u32, i64> = TableDefinition::new("checkpoints");
+/// What the store is a copy of (`cluster`: the Kafka cluster id and ledger topic).
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 
 /// Why the store failed, with the file it is.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +47,33 @@ fn entries_name(partition: i32) -> String {
 impl LedgerStore {
     /// Opens the store at `path`, creating it if it is not there.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_waiting(path, std::time::Duration::ZERO)
+    }
+
+    fn create(path: &Path, created: Result<Database, redb::DatabaseError>) -> Result<Self> {
+        let db = created.map_err(|e| StoreError { path: path.to_owned(), message: e.to_string() })?;
+        Ok(LedgerStore { db, path: path.to_owned() })
+    }
+
+    /// Opens the store at `path`, waiting up to `patience` while another process holds
+    /// it (an instance with the same id, about to be fenced by this one).
+    pub fn open_waiting(path: &Path, patience: std::time::Duration) -> Result<Self> {
+        let deadline = std::time::Instant::now() + patience;
+        let mut said = false;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| StoreError { path: path.to_owned(), message: format!("cannot create {}: {e}", dir.display()) })?;
         }
-        let db = Database::create(path).map_err(|e| StoreError { path: path.to_owned(), message: e.to_string() })?;
-        Ok(LedgerStore { db, path: path.to_owned() })
+        loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if std::time::Instant::now() < deadline => {
+                    if !std::mem::replace(&mut said, true) {
+                        tracing::warn!(path = %path.display(), "ledger store held by another process with this instance id; waiting for it to stop");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                created => return Self::create(path, created),
+            }
+        }
     }
 
     fn failed(&self, error: impl Into<redb::Error>) -> StoreError {
@@ -60,7 +84,23 @@ impl LedgerStore {
     /// ones with the same key, as compaction does) and records that the partition has
     /// been read up to `next_offset`, in one commit.
     pub fn apply(&self, partition: i32, entries: &[LedgerEntry], next_offset: i64) -> Result<()> {
-        let txn = self.db.begin_write().map_err(|e| self.failed(e))?;
+        self.write(partition, entries, Some(next_offset))
+    }
+
+    /// Stores `entries` this instance committed itself, leaving the checkpoint where
+    /// reading left it (the next read passes over them again), without waiting for the
+    /// disk.
+    pub fn put(&self, partition: i32, entries: &[LedgerEntry]) -> Result<()> {
+        self.write(partition, entries, None)
+    }
+
+    fn write(&self, partition: i32, entries: &[LedgerEntry], next_offset: Option<i64>) -> Result<()> {
+        let mut txn = self.db.begin_write().map_err(|e| self.failed(e))?;
+        if next_offset.is_none() {
+            // Not synced to disk: lost in a crash, they are read again from the ledger,
+            // since the checkpoint did not move past them.
+            txn.set_durability(redb::Durability::None).map_err(|e| StoreError { path: self.path.clone(), message: e.to_string() })?;
+        }
         {
             let name = entries_name(partition);
             let mut table = txn.open_table(entries_table(&name)).map_err(|e| self.failed(e))?;
@@ -68,10 +108,39 @@ impl LedgerStore {
                 let value = serde_json::to_vec(entry).map_err(|e| StoreError { path: self.path.clone(), message: e.to_string() })?;
                 table.insert(entry.key.as_str(), value.as_slice()).map_err(|e| self.failed(e))?;
             }
-            let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.failed(e))?;
-            checkpoints.insert(partition as u32, next_offset).map_err(|e| self.failed(e))?;
+            if let Some(next_offset) = next_offset {
+                let mut checkpoints = txn.open_table(CHECKPOINTS).map_err(|e| self.failed(e))?;
+                checkpoints.insert(partition as u32, next_offset).map_err(|e| self.failed(e))?;
+            }
         }
         txn.commit().map_err(|e| self.failed(e))
+    }
+
+    /// Makes the store a copy of `source` (the cluster and ledger topic it reads): a
+    /// store left from another cluster, or from a ledger topic since recreated, is
+    /// emptied first, so its offsets never apply to another log. Returns whether it was.
+    pub fn copy_of(&self, source: &str) -> Result<bool> {
+        let txn = self.db.begin_write().map_err(|e| self.failed(e))?;
+        let emptied = {
+            let mut meta = txn.open_table(META).map_err(|e| self.failed(e))?;
+            let known = meta.get("source").map_err(|e| self.failed(e))?.map(|v| v.value().to_owned());
+            match known {
+                Some(known) if known == source => false,
+                known => {
+                    meta.insert("source", source).map_err(|e| self.failed(e))?;
+                    known.is_some()
+                }
+            }
+        };
+        if emptied {
+            let names: Vec<String> = txn.list_tables().map_err(|e| self.failed(e))?.map(|t| t.name().to_owned()).collect();
+            for name in names.iter().filter(|n| n.starts_with("entries-")) {
+                txn.delete_table(entries_table(name)).map_err(|e| self.failed(e))?;
+            }
+            txn.delete_table(CHECKPOINTS).map_err(|e| self.failed(e))?;
+        }
+        txn.commit().map_err(|e| self.failed(e))?;
+        Ok(emptied)
     }
 
     /// The entry of `key` in ledger partition `partition`, if any.
@@ -181,6 +250,19 @@ mod tests {
         store.reset(1).unwrap();
         assert_eq!((store.get(1, "a").unwrap(), store.checkpoint(1).unwrap()), (None, None));
         assert_eq!(store.checkpoint(2).unwrap(), Some(6), "the other partition stays");
+    }
+
+    #[test]
+    fn a_store_left_from_another_source_is_emptied_before_use() {
+        let (_dir, store) = store();
+        assert!(!store.copy_of("cluster-a/quire.inference.ledger").unwrap(), "a new store");
+        store.apply(2, &[entry("a", BlockState::Queued, 10)], 11).unwrap();
+        store.put(2, &[entry("b", BlockState::Queued, 12)]).unwrap();
+        assert_eq!((store.len(2).unwrap(), store.checkpoint(2).unwrap()), (2, Some(11)), "put leaves the checkpoint");
+        assert!(!store.copy_of("cluster-a/quire.inference.ledger").unwrap(), "the same source");
+        assert_eq!(store.len(2).unwrap(), 2);
+        assert!(store.copy_of("cluster-b/quire.inference.ledger").unwrap());
+        assert_eq!((store.get(2, "a").unwrap(), store.checkpoint(2).unwrap(), store.len(2).unwrap()), (None, None, 0));
     }
 
     #[test]

@@ -95,6 +95,11 @@ impl TopicReader {
         Ok(TopicReader { consumer })
     }
 
+    /// The id of the cluster this reader talks to, if the broker gives one.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.consumer.client().fetch_cluster_id(Duration::from_secs(10))
+    }
+
     /// Number of partitions of `topic`; an error names a topic that does not exist.
     pub fn partitions(&self, topic: &str) -> Result<i32> {
         let metadata = self.consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
@@ -116,37 +121,54 @@ impl TopicReader {
         timeout: Duration,
         on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<usize> {
-        let (read, pending) = self.read_until(topic, start, Instant::now() + timeout, on_record)?;
+        let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, start(p))).collect();
+        self.read_partitions_to_end(topic, &starts, timeout, on_record)
+    }
+
+    /// Reads the partitions `starts` names of `topic`, each from its offset (None: the
+    /// beginning), to their end, calling `on_record` for each record.
+    pub fn read_partitions_to_end(
+        &self,
+        topic: &str,
+        starts: &[(i32, Option<i64>)],
+        timeout: Duration,
+        on_record: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<usize> {
+        let (read, pending) = self.read_until(topic, starts, Instant::now() + timeout, on_record)?;
         match pending.is_empty() {
             true => Ok(read),
             false => Err(Error::Other(format!("reading {topic}: partitions {pending:?} did not reach their end in {timeout:?}"))),
         }
     }
 
-    /// Assigns every partition of `topic` from `start(partition)` (None: the beginning);
-    /// returns how many there are.
-    fn assign_from(&self, topic: &str, start: impl Fn(i32) -> Option<i64>) -> Result<i32> {
-        let partitions = self.partitions(topic)?;
+    /// Assigns partitions `starts` of `topic`, each from its offset (None: the beginning).
+    fn assign(&self, topic: &str, starts: &[(i32, Option<i64>)]) -> Result<()> {
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            assignment.add_partition_offset(topic, partition, start(partition).map(Offset::Offset).unwrap_or(Offset::Beginning))?;
+        for (partition, start) in starts {
+            assignment.add_partition_offset(topic, *partition, start.map(Offset::Offset).unwrap_or(Offset::Beginning))?;
         }
-        self.consumer.assign(&assignment)?;
-        Ok(partitions)
+        Ok(self.consumer.assign(&assignment)?)
     }
 
-    /// Reads `topic` from `start(partition)` until every partition reached its end or
-    /// `deadline` passed; returns how many records were read and the partitions left.
+    /// Assigns every partition of `topic` from `start(partition)` (None: the beginning).
+    fn assign_from(&self, topic: &str, start: impl Fn(i32) -> Option<i64>) -> Result<()> {
+        let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, start(p))).collect();
+        self.assign(topic, &starts)
+    }
+
+    /// Reads partitions `starts` of `topic` from their offsets until every one reached
+    /// its end or `deadline` passed; returns how many records were read and the
+    /// partitions left.
     fn read_until(
         &self,
         topic: &str,
-        start: impl Fn(i32) -> Option<i64>,
+        starts: &[(i32, Option<i64>)],
         deadline: Instant,
         mut on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(usize, HashSet<i32>)> {
-        let partitions = self.assign_from(topic, start)?;
+        self.assign(topic, starts)?;
         // One topic at a time: an end-of-partition event names the partition only.
-        let mut pending: HashSet<i32> = (0..partitions).collect();
+        let mut pending: HashSet<i32> = starts.iter().map(|(p, _)| *p).collect();
         let mut read = 0;
         while !pending.is_empty() {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -178,7 +200,8 @@ impl TopicReader {
     /// for at most `budget`; the flag says whether every partition reached its end.
     pub fn read_new_within(&self, topic: &str, positions: &mut HashMap<i32, i64>, budget: Duration) -> Result<(Vec<Input>, bool)> {
         let mut records = Vec::new();
-        let (_, pending) = self.read_until(topic, |p| positions.get(&p).copied(), Instant::now() + budget, |m| records.push(Input::from_message(m)))?;
+        let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, positions.get(&p).copied())).collect();
+        let (_, pending) = self.read_until(topic, &starts, Instant::now() + budget, |m| records.push(Input::from_message(m)))?;
         for record in &records {
             positions.insert(record.partition, record.offset + 1);
         }
@@ -188,7 +211,12 @@ impl TopicReader {
     /// The end of every partition of `topic` as this reader sees it: with
     /// `read_committed`, the last stable offset; else the log end.
     pub fn ends(&self, topic: &str) -> Result<HashMap<i32, i64>> {
-        (0..self.partitions(topic)?).map(|p| Ok((p, self.consumer.fetch_watermarks(topic, p, Duration::from_secs(10))?.1))).collect()
+        (0..self.partitions(topic)?).map(|p| Ok((p, self.end(topic, p)?))).collect()
+    }
+
+    /// The end of partition `partition` of `topic`, as in [`TopicReader::ends`].
+    pub fn end(&self, topic: &str, partition: i32) -> Result<i64> {
+        Ok(self.consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?.1)
     }
 
     /// Names of the topics whose name `matches`.

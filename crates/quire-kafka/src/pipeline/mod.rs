@@ -1,10 +1,11 @@
-//! The pipeline every stage runs in: the [`Stage`] API (a stage turns an input record
-//! into [`Effect`]s), and the machinery around it that makes those effects exactly-once.
+//! The pipeline every stage runs in: the [`Stage`] API (a stage reads an input record,
+//! then turns what it asks into [`Effect`]s), and the machinery around it that makes
+//! those effects exactly-once.
 //!
 //! # Layout
 //! - [`letters`]: the one builder each of audit records, dead letters and retry records.
 //! - [`ledger`]: the entry each input leaves on its stage's ledger, written with its
-//!   effects.
+//!   effects, and what an instance knows of the ledger partitions it holds.
 //! - [`run`]: the consume → process → produce → commit loop (batches, transactions,
 //!   pauses, rebalances).
 //! - [`dedup`]: the keys a stage already wrote, rebuilt from its own output.
@@ -29,7 +30,7 @@ use crate::{Codec, Result};
 use cancel::CanceledDatasets;
 use letters::DeadLetter;
 use heartbeat::InstanceStatus;
-use quire_core::ledger::LedgerKey;
+use quire_core::ledger::{Admission, LedgerEntry, LedgerKey};
 use quire_core::retry::RetrySchedule;
 use quire_core::{Failure, StageName};
 use std::time::Instant;
@@ -218,9 +219,21 @@ impl StageContext {
     }
 }
 
-/// A pipeline stage: turns one input record into effects.
+/// What a stage made of an input's bytes, before any work: the work it asks for and
+/// what the stage's ledger knows it as, or why it cannot be read.
+#[derive(Debug)]
+pub enum Reading<W> {
+    Read { key: LedgerKey, work: W },
+    /// Dead-lettered under its position, with the failure's reason.
+    Unreadable(Failure),
+}
+
+/// A pipeline stage: reads an input record, then (unless its ledger answered it
+/// already) turns it into effects.
 #[allow(async_fn_in_trait)]
 pub trait Stage: Send + 'static {
+    /// What a read input asks the stage to do (a decoded submission, block, result).
+    type Work;
     fn context(&self) -> &StageContext;
     /// Topics the stage subscribes to.
     fn input_topics(&self) -> Vec<String> {
@@ -236,7 +249,15 @@ pub trait Stage: Send + 'static {
     async fn on_start(&mut self) -> Result<()> {
         Ok(())
     }
-    async fn process(&mut self, input: &Input) -> std::result::Result<Vec<Effect>, StageError>;
+    /// Decodes and screens `input`; no work, no engine call, no encoding.
+    async fn read(&mut self, input: &Input) -> std::result::Result<Reading<Self::Work>, StageError>;
+    /// Whether a read input is new work, given its ledger entry ([`quire_core::ledger::admit`]
+    /// by default).
+    fn admit(&self, entry: Option<&LedgerEntry>, key: &LedgerKey) -> Admission {
+        quire_core::ledger::admit(entry, key)
+    }
+    /// The effects of `work`, read from `input` and admitted as new.
+    async fn process(&mut self, input: &Input, work: Self::Work) -> std::result::Result<Vec<Effect>, StageError>;
     /// The effect of a record this stage cannot process at all (too large, or its
     /// output would be): dead-lettered under its position by default.
     async fn unprocessable(&mut self, input: &Input, failure: &Failure) -> std::result::Result<Effect, StageError> {
@@ -247,10 +268,14 @@ pub trait Stage: Send + 'static {
     fn backpressure_until(&mut self) -> Option<Instant> {
         None
     }
-    /// Asked after each processed record: what the stage's ledger knows it as (the stage
-    /// read it); None for a record it could not read, ledgered under its position.
-    fn ledger_key(&mut self) -> Option<LedgerKey> {
-        None
-    }
 }
 
+/// A conflict the stage treats as done: for stages whose inputs may differ between
+/// copies of the same work (two answers of one model call), the first one ledgered
+/// stands.
+pub fn first_answer_stands(admission: Admission) -> Admission {
+    match admission {
+        Admission::Conflict(_) => Admission::Done,
+        other => other,
+    }
+}

@@ -15,13 +15,17 @@
 //! partitions go; each input record's effects are held whole before the next record is
 //! read, so a commit never covers half a record.
 //!
-//! Every effect is also deduplicated by its key against [`DedupIndex`], so effects stay
-//! exactly-once on brokers that leak aborted writes and in `idempotent` mode, where no
-//! transactions are used and a crash replays the records after the last commit. Each
-//! input also leaves its entry on the stage's ledger ([`super::ledger`]), held with its
-//! effects. Before a batch's records go out the instance checks that the group still
-//! counts it a member ([`Core::check_membership`]): one paused past its session timeout
-//! writes nothing of the batch it held.
+//! Before any work, each input is admitted against the stage's [`Ledger`] (see
+//! [`handle`]): one it answered already costs nothing. What the stage does is held with
+//! the input's ledger entry, which commits after its effects; nothing is processed on a
+//! partition before its ledger has been read ([`Ledger::catch_up`]). Every effect is
+//! also deduplicated by its key against [`DedupIndex`], for what the ledger cannot
+//! tell: the effects of a batch that crashed or aborted before its entries, which a
+//! broker that leaks aborted writes shows, and which `idempotent` mode, without
+//! transactions, may have delivered before the crash. Before a batch's records go out
+//! the instance checks that the group still counts it a member
+//! ([`Core::check_membership`]): one paused past its session timeout writes nothing of
+//! the batch it held.
 //!
 //! A record may also wait: a record on a retry topic is not read before its
 //! `retry_topic-backoff-timestamp` (its partition is paused until then, Spring's way,
@@ -33,21 +37,22 @@
 //! the async runtime only to call [`Stage::process`].
 
 use super::dedup::DedupIndex;
-use super::ledger;
 use super::heartbeat::InstanceStatus;
-use super::{Effect, Stage, StageError};
+use super::ledger::{self, Ledger};
+use super::{Effect, Reading, Stage, StageError};
 use crate::config::{DeliveryMode, KafkaArgs};
 use crate::record::headers;
 use crate::record::{Input, OutputRecord};
 use crate::telemetry::{events, EffectEvent};
 use crate::io::http::Readiness;
 use crate::{Error, Result};
+use quire_core::ledger::{Admission, LedgerKey};
 use quire_core::{Action, ErrorClass, Failure};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -133,8 +138,12 @@ struct Core {
     /// Committed batches, counted for `fault_fatal_producer_after_batches`.
     batches_committed: u64,
     fault_fatal_producer_after_batches: u64,
+    /// Test fault: die while committing a batch with a record on a topic naming this.
+    fault_crash_before_commit_with: Option<String>,
     batch: Batch,
     dedup: DedupIndex,
+    /// What the stage's ledger says of the partitions held, and the batch's entries.
+    ledger: Ledger,
     needs_catch_up: bool,
     /// What a rebalance callback failed with (it cannot return it): the loop ends so.
     callback_error: Option<Error>,
@@ -299,6 +308,17 @@ impl Core {
         Ok(())
     }
 
+    /// Test fault: once the batch's records reached the broker, the process dies before
+    /// it commits (`QUIRE_FAULT_CRASH_BEFORE_COMMIT_WITH`).
+    fn crash_if(&self, crash: bool) -> std::result::Result<(), TxnFailure> {
+        if crash {
+            self.flush_delivered("the batch, before the injected crash")?;
+            tracing::error!(stage = self.stage, "injected crash before the commit (QUIRE_FAULT_CRASH_BEFORE_COMMIT_WITH)");
+            std::process::abort();
+        }
+        Ok(())
+    }
+
     /// Test fault: the producer fails fatally after the configured number of batches.
     #[allow(unsafe_code)]
     fn inject_fault(&mut self) {
@@ -399,15 +419,16 @@ impl Core {
         }
         let committing = Instant::now();
         let offsets = offsets_list(&self.batch.next_offsets)?;
+        let crash = self.fault_crash_before_commit_with.as_deref().is_some_and(|t| self.batch.held.iter().any(|r| r.topic.contains(t)));
         let result = match self.mode {
-            DeliveryMode::Transactional if !self.batch.held.is_empty() => self.commit_transaction(consumer, &offsets),
+            DeliveryMode::Transactional if !self.batch.held.is_empty() => self.commit_transaction(consumer, &offsets, crash),
             // Nothing was produced, so there is nothing to make atomic with the offsets: a
             // plain commit (fenced by the group generation) is enough, and the local broker
             // drops the offsets of a transaction that holds no records.
             DeliveryMode::Transactional => consumer
                 .commit(&offsets, CommitMode::Sync)
                 .map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}"))),
-            DeliveryMode::Idempotent => self.commit_idempotent(consumer, &offsets),
+            DeliveryMode::Idempotent => self.commit_idempotent(consumer, &offsets, crash),
         };
         match result {
             Ok(()) => {
@@ -424,6 +445,7 @@ impl Core {
                 for key in batch.pending_keys {
                     self.dedup.insert(key);
                 }
+                self.ledger.committed()?;
                 self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
                 self.batches_committed += 1;
                 self.inject_fault();
@@ -438,6 +460,7 @@ impl Core {
         &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
+        crash: bool,
     ) -> std::result::Result<(), TxnFailure> {
         let metadata = consumer
             .group_metadata()
@@ -446,7 +469,14 @@ impl Core {
         // broker takes them, so a zombie is stopped here (see the deviations table).
         self.check_membership(consumer)?;
         self.begin()?;
+        // The outputs delivered before the ledger entries saying they are written: a
+        // broker that leaks an aborted transaction's records never shows an entry
+        // without its effects.
+        let ledger_topic = self.ledger.topic().to_owned();
+        self.produce_held(|record| record.topic != ledger_topic)?;
+        self.flush_delivered("outputs")?;
         self.produce_held(|_| true)?;
+        self.crash_if(crash)?;
         self.retry(|p, t| p.send_offsets_to_transaction(offsets, &metadata, t))?;
         self.retry(|p, t| p.commit_transaction(t))?;
         self.batch.txn_open = false;
@@ -476,21 +506,28 @@ impl Core {
         }
     }
 
-    /// Writes the batch's audit events, then its outputs, each flushed and every record
-    /// delivered, then commits the offsets. Without a transaction nothing makes a batch's
-    /// records visible at once: its audit events go first, so no stage downstream can act
-    /// on a block before the change that sent it there is in the audit log.
+    /// Writes the batch's audit events, then its outputs, then its ledger entries, each
+    /// flushed and every record delivered, then commits the offsets. Without a
+    /// transaction nothing makes a batch's records visible at once: its audit events go
+    /// first, so no stage downstream can act on a block before the change that sent it
+    /// there is in the audit log, and its entries last, so none says an effect is
+    /// written before it is.
     fn commit_idempotent<C: ConsumerContext>(
         &mut self,
         consumer: &BaseConsumer<C>,
         offsets: &TopicPartitionList,
+        crash: bool,
     ) -> std::result::Result<(), TxnFailure> {
         self.check_membership(consumer)?;
         let audit_topic = self.audit_topic.clone();
+        let ledger_topic = self.ledger.topic().to_owned();
         self.produce_held(|record| record.topic == audit_topic)?;
         self.flush_delivered("audit events")?;
-        self.produce_held(|_| true)?;
+        self.produce_held(|record| record.topic != ledger_topic)?;
         self.flush_delivered("outputs")?;
+        self.produce_held(|_| true)?;
+        self.flush_delivered("ledger entries")?;
+        self.crash_if(crash)?;
         consumer.commit(offsets, CommitMode::Sync).map_err(|e| TxnFailure::Abortable(format!("offset commit: {e}")))
     }
 
@@ -624,6 +661,7 @@ impl Core {
             Ok(())
         };
         let batch = std::mem::take(&mut self.batch);
+        self.ledger.aborted();
         self.batch.delivery_failures_at_start = self.producer.context().failures.load(Ordering::SeqCst);
         events::emit(events::BatchAborted { stage: self.stage, inputs: batch.inputs, reason: reason.to_owned() });
         // Some of the batch's writes may be visible anyway (leaked by the broker, or
@@ -700,6 +738,12 @@ impl ConsumerContext for LoopContext {
 
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The partition numbers the consumer holds, of any input topic: the ledger partitions
+/// it owns.
+fn assigned_partitions<C: ConsumerContext>(consumer: &BaseConsumer<C>) -> Result<BTreeSet<i32>> {
+    Ok(consumer.assignment()?.elements().iter().map(|e| e.partition()).collect())
+}
+
 /// When a record read from a retry topic is due, if that is still ahead. The due time
 /// is at most the record's time plus its topic's delay, so a skewed or garbled header
 /// cannot hold a partition back for longer.
@@ -711,35 +755,86 @@ fn not_before(input: &Input) -> Option<Instant> {
     (wait_ms > 0).then(|| Instant::now() + Duration::from_millis(wait_ms as u64))
 }
 
-/// Runs `stage` on `input`, keeping to the size limits: a record over `max_input` is not
+/// What the loop does with one input.
+pub(crate) enum Handled {
+    /// Effects to hold, with the key the input's ledger entry goes under (None: under
+    /// its position, as an input the stage could not read or process).
+    Effects(Option<LedgerKey>, Vec<Effect>),
+    /// The ledger answered it already (`how`: done or stale): nothing is written.
+    Answered { key: String, how: &'static str },
+}
+
+/// Takes `input` through `stage`, its ledger first: an input the ledger answered
+/// already costs no work at all. Size limits apply: a record over `max_input` is not
 /// read, and one whose effects hold a record over `max_output` (which the broker would
 /// refuse, failing the whole batch again and again) is unprocessable instead; so is a
-/// poison record. Nothing of such a record is produced but its dead letter.
-async fn process_within_limits<S: Stage>(
+/// poison record, and one reusing an idempotency key for other content. Nothing of
+/// such a record is produced but its dead letter, ledgered under its position.
+pub(crate) async fn handle<S: Stage>(
     stage: &mut S,
+    ledger: &Ledger,
     input: &Input,
     max_input: usize,
     max_output: usize,
-) -> std::result::Result<Vec<Effect>, StageError> {
+) -> std::result::Result<Handled, StageError> {
     let failure = match input.too_large(max_input) {
         Some(failure) => failure,
-        None => match stage.process(input).await {
-            Err(error) if error.failure.action() == Action::Quarantine => error.failure,
-            Ok(effects) => match effects.iter().flat_map(|e| &e.writes.records).find(|r| r.size() > max_output) {
-                None => return Ok(effects),
-                Some(record) => Failure::data(
-                    "output-too-large",
-                    format!(
-                        "its output to {} would be {} bytes, over the limit of {max_output} bytes (QUIRE_MAX_RECORD_BYTES + 64 KiB)",
-                        record.topic,
-                        record.size()
-                    ),
-                ),
+        None => match stage.read(input).await? {
+            Reading::Unreadable(failure) => {
+                return match answered_at_position(ledger, input)? {
+                    Some(answered) => Ok(answered),
+                    None => Ok(Handled::Effects(None, vec![stage.context().unreadable(input, &failure)])),
+                };
+            }
+            Reading::Read { key, work } => match stage.admit(lookup(ledger, input.partition, &key.key)?.as_ref(), &key) {
+                Admission::New => match within_output_limit(stage.process(input, work).await, max_output)? {
+                    Ok(effects) => return Ok(Handled::Effects(Some(key), effects)),
+                    Err(failure) => failure,
+                },
+                Admission::Done => return Ok(Handled::Answered { key: key.key, how: "done" }),
+                Admission::Stale { .. } => return Ok(Handled::Answered { key: key.key, how: "stale" }),
+                Admission::Conflict(failure) => failure,
             },
-            other => return other,
         },
     };
-    stage.unprocessable(input, &failure).await.map(|effect| vec![effect])
+    if let Some(answered) = answered_at_position(ledger, input)? {
+        return Ok(answered);
+    }
+    stage.unprocessable(input, &failure).await.map(|effect| Handled::Effects(None, vec![effect]))
+}
+
+/// The effects of a processed input, or the failure that makes it unprocessable (a
+/// record to quarantine, an output over `max_output`).
+fn within_output_limit(
+    processed: std::result::Result<Vec<Effect>, StageError>,
+    max_output: usize,
+) -> std::result::Result<std::result::Result<Vec<Effect>, Failure>, StageError> {
+    match processed {
+        Err(error) if error.failure.action() == Action::Quarantine => Ok(Err(error.failure)),
+        Err(error) => Err(error),
+        Ok(effects) => Ok(match effects.iter().flat_map(|e| &e.writes.records).find(|r| r.size() > max_output) {
+            None => Ok(effects),
+            Some(record) => Err(Failure::data(
+                "output-too-large",
+                format!(
+                    "its output to {} would be {} bytes, over the limit of {max_output} bytes (QUIRE_MAX_RECORD_BYTES + 64 KiB)",
+                    record.topic,
+                    record.size()
+                ),
+            )),
+        }),
+    }
+}
+
+/// The ledger's entry of `key` from `partition`; a store that cannot answer stops the stage.
+fn lookup(ledger: &Ledger, partition: i32, key: &str) -> std::result::Result<Option<quire_core::ledger::LedgerEntry>, StageError> {
+    ledger.lookup(partition, key).map_err(|e| Failure::new(ErrorClass::Fatal, "ledger-store", e.to_string()).into())
+}
+
+/// An input already ledgered under its position (dead-lettered before) is answered.
+fn answered_at_position(ledger: &Ledger, input: &Input) -> std::result::Result<Option<Handled>, StageError> {
+    let position = input.position_key();
+    Ok(lookup(ledger, input.partition, &position)?.map(|_| Handled::Answered { key: position, how: "done" }))
 }
 
 /// Runs `stage` until `shutdown` is cancelled (then commits the open batch and returns
@@ -782,6 +877,7 @@ fn run_blocking<S: Stage>(
         txn_timeout,
     };
     let producer = producers.create()?;
+    let ledger = Ledger::open(&args, context.stage, ledger_topic.clone(), context.codec.clone())?;
     let mut dedup = DedupIndex::new(&args, &context.group, stage.output_topics(), context.names.events());
     let read = dedup.catch_up(CATCH_UP_TIMEOUT)?;
     tracing::info!(stage = stage_name, keys = dedup.len(), records = read, "dedup index built from output topics");
@@ -796,8 +892,10 @@ fn run_blocking<S: Stage>(
         producers,
         batches_committed: 0,
         fault_fatal_producer_after_batches: args.fault_fatal_producer_after_batches,
+        fault_crash_before_commit_with: Some(args.fault_crash_before_commit_with.clone()).filter(|t| !t.is_empty()),
         batch: Batch::default(),
         dedup,
+        ledger,
         needs_catch_up: false,
         callback_error: None,
         txn_timeout,
@@ -819,6 +917,10 @@ fn run_blocking<S: Stage>(
         // 500 ms default delayed each stage's pickup (measured at low load: a block
         // reached the next stage 115 ms after the last instead of 135-215 ms).
         .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS.to_string())
+        // Range gives partition p of every input topic (they have one partition count)
+        // to the same instance, the owner of ledger partition p: pinned, so that no
+        // other strategy a member offers can split a ledger partition between two.
+        .set("partition.assignment.strategy", "range")
         .set("session.timeout.ms", crate::config::SESSION_TIMEOUT_MS.to_string())
         .set("heartbeat.interval.ms", crate::config::CONSUMER_HEARTBEAT_INTERVAL_MS.to_string())
         .create_with_context(LoopContext { core: core.clone() })?;
@@ -854,13 +956,22 @@ fn run_blocking<S: Stage>(
             break Err(e);
         }
         if core.needs_catch_up {
-            match core.dedup.catch_up(CATCH_UP_TIMEOUT) {
-                Ok(read) => {
+            // Nothing is processed before the ledger of every partition held is read.
+            let caught_up = assigned_partitions(&consumer).and_then(|partitions| {
+                let read = core.dedup.catch_up(CATCH_UP_TIMEOUT)?;
+                Ok((read, core.ledger.catch_up(&partitions, &runtime, CATCH_UP_TIMEOUT)?))
+            });
+            match caught_up {
+                Ok((read, entries)) => {
                     core.needs_catch_up = false;
                     core.readiness.set(true);
-                    tracing::debug!(stage = stage_name, records = read, "dedup index caught up");
+                    tracing::debug!(stage = stage_name, records = read, entries, "dedup index and ledger caught up");
                 }
                 Err(e) => break Err(e),
+            }
+        } else if core.batch.inputs == 0 && core.ledger.checkpoint_due() {
+            if let Err(e) = assigned_partitions(&consumer).and_then(|partitions| core.ledger.catch_up(&partitions, &runtime, CATCH_UP_TIMEOUT)) {
+                break Err(e);
             }
         }
         let input = match message {
@@ -891,11 +1002,10 @@ fn run_blocking<S: Stage>(
         }
         if let Some(input) = input {
             let (processing, processing_since) = (Instant::now(), SystemTime::now());
-            let processed = runtime.block_on(process_within_limits(&mut stage, &input, args.max_record_bytes, args.max_output_bytes()));
-            let ledger_key = stage.ledger_key();
+            let processed = runtime.block_on(handle(&mut stage, &core.ledger, &input, args.max_record_bytes, args.max_output_bytes()));
             events::emit(events::RecordTook { stage: stage_name, took: processing.elapsed() });
             // What the stage could not do: pause or exit here; a retry aborts the batch
-            // below (the record was quarantined already, see `process_within_limits`).
+            // below (the record was quarantined already, see `handle`).
             let processed = match processed {
                 Err(error) if error.failure.action() == Action::Pause => {
                     let until = error.resume_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
@@ -913,14 +1023,21 @@ fn run_blocking<S: Stage>(
                 }
             }
             core.batch.note_input(&input);
-            let applied = processed.map_err(|e| e.to_string()).and_then(|effects| {
-                // The input's ledger entry goes with its effects: encoded first, so a
-                // registry that cannot answer retries the batch before anything is held.
-                let entry = ledger::entry(stage_name, &input, ledger_key, &effects);
-                let record = runtime.block_on(ledger::record(&context.codec, &ledger_topic, &entry)).map_err(|e| e.to_string())?;
-                let duplicates = core.apply(&input, effects, processing_since);
-                core.batch.hold(record);
-                Ok(duplicates)
+            let applied = processed.map_err(|e| e.to_string()).and_then(|handled| match handled {
+                Handled::Answered { key, how } => {
+                    events::emit(events::InputAnswered { stage: stage_name, instance_id: args.instance_id.clone(), key, how });
+                    Ok(0)
+                }
+                Handled::Effects(ledger_key, effects) => {
+                    // The input's ledger entry goes with its effects: encoded first, so a
+                    // registry that cannot answer retries the batch before anything is held.
+                    let entry = ledger::entry(stage_name, &input, ledger_key, &effects);
+                    let record = runtime.block_on(ledger::record(&context.codec, &ledger_topic, &entry)).map_err(|e| e.to_string())?;
+                    let duplicates = core.apply(&input, effects, processing_since);
+                    core.batch.hold(record);
+                    core.ledger.hold(entry);
+                    Ok(duplicates)
+                }
             });
             match applied {
                 Ok(duplicates) => {

@@ -3,7 +3,7 @@
 //! the processing loop's dedup drops.
 
 use super::{block_headers, decode_failure, BlockRef};
-use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::pipeline::{Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, Block, DatasetSubmission};
 use quire_core::split::split_blocks;
@@ -13,13 +13,11 @@ use quire_core::{ids, BlockState, Failure};
 pub struct Claimer {
     context: StageContext,
     max_block_chars: usize,
-    /// What the ledger knows the record being processed as.
-    ledgered: Option<LedgerKey>,
 }
 
 impl Claimer {
     pub fn new(context: StageContext, max_block_chars: usize) -> Self {
-        Claimer { context, max_block_chars, ledgered: None }
+        Claimer { context, max_block_chars }
     }
 }
 
@@ -61,21 +59,21 @@ impl Stage for Claimer {
         &self.context
     }
 
-    fn ledger_key(&mut self) -> Option<LedgerKey> {
-        self.ledgered.take()
+    type Work = DatasetSubmission;
+
+    async fn read(&mut self, input: &Input) -> Result<Reading<DatasetSubmission>, StageError> {
+        let submission: DatasetSubmission = match self.context.codec.decode(input.payload.as_deref()).await {
+            Ok(submission) => submission,
+            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
+        };
+        Ok(match quire_core::screen::submission(&submission) {
+            Err(failure) => Reading::Unreadable(failure),
+            Ok(()) => Reading::Read { key: LedgerKey::of_submission(&submission), work: submission },
+        })
     }
 
-    async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
-        self.ledgered = None;
+    async fn process(&mut self, input: &Input, submission: DatasetSubmission) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
-        let submission: DatasetSubmission = match ctx.codec.decode(input.payload.as_deref()).await {
-            Ok(submission) => submission,
-            Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
-        };
-        if let Err(failure) = quire_core::screen::submission(&submission) {
-            return Ok(vec![ctx.unreadable(input, &failure)]);
-        }
-        self.ledgered = Some(LedgerKey::of_submission(&submission));
         let blocks = blocks_of(&submission, self.max_block_chars, now_ms());
         if blocks.is_empty() {
             let failure = Failure::data(
@@ -109,7 +107,10 @@ impl Stage for Claimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KafkaArgs;
     use crate::pipeline::cancel::CanceledDatasets;
+    use crate::pipeline::ledger::Ledger;
+    use crate::pipeline::run::{handle, Handled};
     use crate::record::headers::{self, read_dead_letter, text_header};
     use crate::telemetry::EffectEvent;
     use crate::testing::{self, block_on, decoded, encoded, registry, submission, transitions, written, RegistryDouble};
@@ -125,7 +126,15 @@ mod tests {
 
     /// What `claimer` makes of `value` read from the ingest topic at `offset`.
     fn claim(claimer: &mut Claimer, offset: i64, value: Option<Vec<u8>>) -> Result<Vec<Effect>, StageError> {
-        block_on(claimer.process(&testing::input(INGEST, offset, Some("ds-1"), value, Vec::new())))
+        block_on(testing::processed(claimer, &testing::input(INGEST, offset, Some("ds-1"), value, Vec::new())))
+    }
+
+    /// What the ledger knows `value` as, once read (None: it cannot be read).
+    fn ledger_key(claimer: &mut Claimer, offset: i64, value: Option<Vec<u8>>) -> Option<LedgerKey> {
+        match block_on(claimer.read(&testing::input(INGEST, offset, Some("ds-1"), value, Vec::new()))).unwrap() {
+            Reading::Read { key, .. } => Some(key),
+            Reading::Unreadable(_) => None,
+        }
     }
 
     const THREE_PARAGRAPHS: &str = "alpha one\n\nbeta two\n\ngamma 3";
@@ -134,8 +143,8 @@ mod tests {
     fn each_paragraph_is_queued_as_a_block_claimed_on_the_way() {
         let mut claimer = claimer();
         let effects = claim(&mut claimer, 7, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS)))).unwrap();
-        assert_eq!(claimer.ledger_key(), Some(LedgerKey::of_submission(&submission("sub-1", THREE_PARAGRAPHS))), "ledgered as the document read");
-        assert_eq!(claimer.ledger_key(), None, "asked once per record");
+        let ledgered = ledger_key(&mut claimer, 7, Some(encoded(INGEST, &submission("sub-1", THREE_PARAGRAPHS))));
+        assert_eq!(ledgered, Some(LedgerKey::of_submission(&submission("sub-1", THREE_PARAGRAPHS))), "ledgered as the document read");
         let queued: Vec<Block> = written(&effects, "quire.blocks.queued").into_iter().map(decoded).collect();
         assert_eq!(queued.iter().map(|b| b.text.as_str()).collect::<Vec<_>>(), ["alpha one", "beta two", "gamma 3"]);
         assert_eq!(effects.len(), 3, "one effect per block");
@@ -195,7 +204,7 @@ mod tests {
             let offset = 100 + offset as i64;
             let effects = claim(&mut claimer, offset, value.clone()).unwrap();
             assert_eq!(effects.len(), 1, "{why}");
-            assert_eq!(claimer.ledger_key(), None, "{why}: ledgered under its position");
+            assert_eq!(ledger_key(&mut claimer, offset, value.clone()), None, "{why}: unreadable, so ledgered under its position");
             let effect = &effects[0];
             assert_eq!(effect.dedup_key, format!("{INGEST}/0/{offset}"), "{why}");
             let letters = written(&effects, DLT);
@@ -239,4 +248,60 @@ mod tests {
         let effects = claim(&mut claimer, 1, Some(value)).unwrap();
         assert_eq!(written(&effects, "quire.blocks.queued").len(), 3, "a good record is not quarantined after an outage");
     }
+
+    /// A claimer beside a ledger kept in a temporary directory, as the loop runs it.
+    fn claimer_with_ledger() -> (tempfile::TempDir, Claimer, Ledger) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::io::ledger_store::LedgerStore::open(&dir.path().join("ledger.redb")).unwrap();
+        let ledger = Ledger::with_store(store, "quire.claimer.ledger".into(), &KafkaArgs::default(), testing::codec().clone());
+        let claimer = Claimer::new(testing::registry().context(StageName::Claimer), 10);
+        (dir, claimer, ledger)
+    }
+
+    fn handled(claimer: &mut Claimer, ledger: &Ledger, input: &Input) -> Handled {
+        testing::block_on(handle(claimer, ledger, input, 1 << 20, 1 << 20)).unwrap()
+    }
+
+    /// Holds `input`'s entry as the loop does once it is processed.
+    fn ledgered(ledger: &mut Ledger, input: &Input, handled: Handled) {
+        let Handled::Effects(key, effects) = handled else { panic!("not processed") };
+        ledger.hold(crate::pipeline::ledger::entry("claimer", input, key, &effects));
+    }
+
+    #[test]
+    fn an_input_the_ledger_answered_costs_no_work_and_a_reused_key_is_quarantined() {
+        let (_dir, mut claimer, mut ledger) = claimer_with_ledger();
+        let submission = testing::submission("sub-1", "alpha one\n\nbeta two");
+        let value = testing::encoded("quire.ingest", &submission);
+        let first = testing::input("quire.ingest", 1, Some("sub-1"), Some(value.clone()), Vec::new());
+        let processed = handled(&mut claimer, &ledger, &first);
+        assert!(matches!(&processed, Handled::Effects(Some(_), effects) if effects.len() == 2), "two blocks queued");
+        ledgered(&mut ledger, &first, processed);
+        ledger.committed().unwrap();
+
+        let again = testing::input("quire.ingest", 2, Some("sub-1"), Some(value), Vec::new());
+        assert!(matches!(handled(&mut claimer, &ledger, &again), Handled::Answered { how: "done", .. }), "a resubmission is answered");
+
+        let other_text = testing::encoded("quire.ingest", &quire_core::records::DatasetSubmission { text: "gamma".into(), ..submission });
+        let reused = testing::input("quire.ingest", 3, Some("sub-1"), Some(other_text), Vec::new());
+        let Handled::Effects(None, effects) = handled(&mut claimer, &ledger, &reused) else { panic!("a reused key is dead-lettered") };
+        assert_eq!(effects[0].dedup_key, "quire.ingest/0/3", "under its position");
+        let letters = testing::written(&effects, "quire.ingest-dlt");
+        let cause = headers::text_header(&letters[0].headers, headers::DLT_EXCEPTION_CAUSE_FQCN);
+        assert_eq!(cause.as_deref(), Some("quire.idempotency-key-reused"));
+        assert!(testing::written(&effects, "quire.blocks.queued").is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_input_is_dead_lettered_once_per_position_even_before_its_batch_commits() {
+        let (_dir, mut claimer, mut ledger) = claimer_with_ledger();
+        let junk = testing::input("quire.ingest", 5, None, Some(b"junk".to_vec()), Vec::new());
+        let processed = handled(&mut claimer, &ledger, &junk);
+        assert!(matches!(&processed, Handled::Effects(None, effects) if effects.len() == 1));
+        ledgered(&mut ledger, &junk, processed);
+        assert!(matches!(handled(&mut claimer, &ledger, &junk), Handled::Answered { how: "done", .. }), "seen in the open batch");
+        ledger.aborted();
+        assert!(matches!(handled(&mut claimer, &ledger, &junk), Handled::Effects(None, _)), "an aborted batch's entries are forgotten");
+    }
+
 }

@@ -9,7 +9,7 @@
 //! records back until it is due.
 
 use super::{block_headers, block_key, decode_failure, BlockRef};
-use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::pipeline::{Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
 use quire_core::ledger::LedgerKey;
@@ -28,13 +28,11 @@ pub struct Inference {
     /// Current backpressure pause (doubles while overload lasts) and when it ends.
     backpressure: Option<(Duration, Instant)>,
     pending_backpressure: Option<Instant>,
-    /// What the ledger knows the record being processed as.
-    ledgered: Option<LedgerKey>,
 }
 
 impl Inference {
     pub fn new(context: StageContext, engines: Arc<Engines>) -> Self {
-        Inference { context, engines, backpressure: None, pending_backpressure: None, ledgered: None }
+        Inference { context, engines, backpressure: None, pending_backpressure: None }
     }
 
     /// Notes an overloaded dependency: the next pause is twice the last, capped.
@@ -64,21 +62,21 @@ impl Stage for Inference {
         self.pending_backpressure.take()
     }
 
-    fn ledger_key(&mut self) -> Option<LedgerKey> {
-        self.ledgered.take()
+    type Work = Block;
+
+    async fn read(&mut self, input: &Input) -> Result<Reading<Block>, StageError> {
+        let block: Block = match self.context.codec.decode(input.payload.as_deref()).await {
+            Ok(block) => block,
+            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
+        };
+        Ok(match quire_core::screen::block(&block) {
+            Err(failure) => Reading::Unreadable(failure),
+            Ok(()) => Reading::Read { key: LedgerKey::of_queued(&block), work: block },
+        })
     }
 
-    async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
-        self.ledgered = None;
+    async fn process(&mut self, input: &Input, block: Block) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
-        let block: Block = match ctx.codec.decode(input.payload.as_deref()).await {
-            Ok(block) => block,
-            Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
-        };
-        if let Err(failure) = quire_core::screen::block(&block) {
-            return Ok(vec![ctx.unreadable(input, &failure)]);
-        }
-        self.ledgered = Some(LedgerKey::of_queued(&block));
         if ctx.canceled.contains(&block.dataset_id) {
             return Ok(vec![ctx.block_canceled(input, &block, block.state, block_key(&block)).await?]);
         }
@@ -176,7 +174,7 @@ mod tests {
 
     /// What `stage` makes of `block` read from `topic`.
     fn infer(stage: &mut Inference, topic: &str, block: &Block) -> Result<Vec<Effect>, StageError> {
-        block_on(stage.process(&testing::input(topic, 3, Some(&block.block_id), Some(encoded(topic, block)), Vec::new())))
+        block_on(testing::processed(stage, &testing::input(topic, 3, Some(&block.block_id), Some(encoded(topic, block)), Vec::new())))
     }
 
     fn ids(block: &Block, path: &[BlockState]) -> Vec<(String, BlockState, BlockState)> {

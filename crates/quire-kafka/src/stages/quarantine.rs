@@ -4,22 +4,29 @@
 //! lists, shows and replays from there.
 
 use crate::record::headers::{self, read_dead_letter, text_header, DATASET_ID};
-use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::pipeline::{first_answer_stands, Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use crate::telemetry::{events, EffectEvent};
 use quire_core::records::{now_ms, QuarantineRecord, QUARANTINED};
-use quire_core::ledger::LedgerKey;
+use quire_core::ledger::{Admission, LedgerEntry, LedgerKey};
 use quire_core::{ErrorClass, Failure};
 
 pub struct Quarantine {
     context: StageContext,
-    /// What the ledger knows the record being processed as.
-    ledgered: Option<LedgerKey>,
+}
+
+/// A dead letter as read: the quarantine record to file under `key`, once per
+/// `dedup_key` (the key its stage filed it under).
+#[derive(Debug)]
+pub struct Filing {
+    key: String,
+    dedup_key: String,
+    record: QuarantineRecord,
 }
 
 impl Quarantine {
     pub fn new(context: StageContext) -> Self {
-        Quarantine { context, ledgered: None }
+        Quarantine { context }
     }
 
     /// The quarantine record of dead letter `input`, filed under `key`, before its DLT
@@ -62,12 +69,9 @@ impl Stage for Quarantine {
         &self.context
     }
 
-    fn ledger_key(&mut self) -> Option<LedgerKey> {
-        self.ledgered.take()
-    }
+    type Work = Filing;
 
-    async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
-        let ctx = &self.context;
+    async fn read(&mut self, input: &Input) -> Result<Reading<Filing>, StageError> {
         // A stage's dead letter is filed once under the key its stage gave it; anything
         // else on these topics once under its own position, whatever its headers claim.
         let dead_letter = read_dead_letter(&input.headers);
@@ -98,7 +102,19 @@ impl Stage for Quarantine {
                 record.reason = format!("dead-letter record without readable Spring DLT headers: {reason}");
             }
         }
-        self.ledgered = Some(LedgerKey::of_dead_letter(&dedup_key, &record.reason));
+        let ledger_key = LedgerKey::of_dead_letter(&dedup_key, &record.reason);
+        Ok(Reading::Read { key: ledger_key, work: Filing { key, dedup_key, record } })
+    }
+
+    /// A dead letter filed again with another reason (two stages failing one block
+    /// generation): the first filing stands.
+    fn admit(&self, entry: Option<&LedgerEntry>, key: &LedgerKey) -> Admission {
+        first_answer_stands(quire_core::ledger::admit(entry, key))
+    }
+
+    async fn process(&mut self, input: &Input, filing: Filing) -> Result<Vec<Effect>, StageError> {
+        let ctx = &self.context;
+        let Filing { key, dedup_key, record } = filing;
         let filed = quarantined(&ctx.instance_id, &key, &record);
         let output = ctx.encode(&ctx.names.quarantine(), &key, &record, input.headers.clone()).await?;
         Ok(vec![Effect::new(dedup_key, vec![output]).with_event(filed)])
@@ -151,7 +167,7 @@ mod tests {
     }
 
     fn file(stage: &mut Quarantine, input: &Input) -> Result<Vec<Effect>, StageError> {
-        block_on(stage.process(input))
+        block_on(testing::processed(stage, input))
     }
 
     fn quarantine() -> Quarantine {

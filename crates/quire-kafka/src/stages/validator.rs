@@ -5,21 +5,19 @@
 //! completed block is neither failed nor canceled here.
 
 use super::{block_headers, decode_failure, BlockRef};
-use crate::pipeline::{Effect, Stage, StageContext, StageError};
+use crate::pipeline::{first_answer_stands, Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, InferenceResult, ValidatedResult};
-use quire_core::ledger::LedgerKey;
+use quire_core::ledger::{Admission, LedgerEntry, LedgerKey};
 use quire_core::{rules, BlockState};
 
 pub struct Validator {
     context: StageContext,
-    /// What the ledger knows the record being processed as.
-    ledgered: Option<LedgerKey>,
 }
 
 impl Validator {
     pub fn new(context: StageContext) -> Self {
-        Validator { context, ledgered: None }
+        Validator { context }
     }
 }
 
@@ -28,22 +26,28 @@ impl Stage for Validator {
         &self.context
     }
 
-    fn ledger_key(&mut self) -> Option<LedgerKey> {
-        self.ledgered.take()
+    type Work = InferenceResult;
+
+    async fn read(&mut self, input: &Input) -> Result<Reading<InferenceResult>, StageError> {
+        let result: InferenceResult = match self.context.codec.decode(input.payload.as_deref()).await {
+            Ok(result) => result,
+            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
+        };
+        Ok(match quire_core::screen::block(&result.block) {
+            Err(failure) => Reading::Unreadable(failure),
+            Ok(()) => Reading::Read { key: LedgerKey::of_result(&result), work: result },
+        })
     }
 
-    async fn process(&mut self, input: &Input) -> Result<Vec<Effect>, StageError> {
-        self.ledgered = None;
+    /// Two results of one block generation may differ (a model answers a replayed
+    /// call otherwise): the first one ledgered stands, the other is a stale copy.
+    fn admit(&self, entry: Option<&LedgerEntry>, key: &LedgerKey) -> Admission {
+        first_answer_stands(quire_core::ledger::admit(entry, key))
+    }
+
+    async fn process(&mut self, input: &Input, result: InferenceResult) -> Result<Vec<Effect>, StageError> {
         let ctx = &self.context;
-        let result: InferenceResult = match ctx.codec.decode(input.payload.as_deref()).await {
-            Ok(result) => result,
-            Err(e) => return Ok(vec![ctx.unreadable(input, &decode_failure(e)?)]),
-        };
         let block = &result.block;
-        if let Err(failure) = quire_core::screen::block(block) {
-            return Ok(vec![ctx.unreadable(input, &failure)]);
-        }
-        self.ledgered = Some(LedgerKey::of_result(&result));
         if ctx.canceled.contains(&block.dataset_id) {
             let canceled = ctx.block_canceled(input, block, block.state, block.block_id.clone()).await?;
             return Ok(vec![canceled.unless_done(&block.block_id)]);
@@ -110,7 +114,7 @@ mod tests {
 
     fn validate(context: StageContext, result: &InferenceResult) -> Vec<Effect> {
         let input = testing::input(RESULTS, 4, Some(&result.block.block_id), Some(encoded(RESULTS, result)), Vec::new());
-        block_on(Validator::new(context).process(&input)).unwrap()
+        block_on(testing::processed(&mut Validator::new(context), &input)).unwrap()
     }
 
     fn context() -> StageContext {

@@ -50,6 +50,43 @@ impl InternalEvent for DuplicateSkipped {
     }
 }
 
+/// An input the stage's ledger had answered already was taken in without any work:
+/// `how` is `done` (answered, or its block is final) or `stale` (a copy of an older
+/// generation than the one ledgered, rejected).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputAnswered {
+    pub stage: &'static str,
+    pub instance_id: String,
+    pub key: String,
+    pub how: &'static str,
+}
+
+impl InternalEvent for InputAnswered {
+    fn emit_logs_and_metrics(&self) {
+        metrics::counter!(names::INPUTS_ANSWERED, "stage" => self.stage, "how" => self.how).increment(1);
+        match self.how {
+            "stale" => tracing::warn!(stage = self.stage, instance_id = %self.instance_id, ledger_key = %self.key, "stale copy of an older generation rejected"),
+            _ => tracing::info!(stage = self.stage, instance_id = %self.instance_id, ledger_key = %self.key, "input answered already; skipped"),
+        }
+    }
+}
+
+/// A stage read ledger partitions into its local store (at assignment, after an abort).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRead {
+    pub topic: String,
+    pub partitions: usize,
+    pub entries: usize,
+    pub took: Duration,
+}
+
+impl InternalEvent for LedgerRead {
+    fn emit_logs_and_metrics(&self) {
+        metrics::histogram!(names::LEDGER_READ_DURATION, "topic" => self.topic.clone()).record(self.took.as_secs_f64());
+        tracing::info!(topic = %self.topic, partitions = self.partitions, entries = self.entries, took_ms = self.took.as_millis() as u64, "ledger read");
+    }
+}
+
 /// A record went to its dead-letter topic, under dedup key `key`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLettered {

@@ -36,6 +36,11 @@ pub fn init_logging() {
 pub mod names {
     pub const RECORDS: &str = "quire_stage_records_total";
     pub const DUPLICATES: &str = "quire_stage_duplicates_skipped_total";
+    /// Inputs the stage's ledger had answered already (`how`: done or stale), taken in
+    /// without any work.
+    pub const INPUTS_ANSWERED: &str = "quire_stage_inputs_answered_total";
+    /// Time to read ledger partitions into the local store.
+    pub const LEDGER_READ_DURATION: &str = "quire_stage_ledger_read_seconds";
     pub const DEAD_LETTERED: &str = "quire_stage_dead_lettered_total";
     pub const BATCHES_COMMITTED: &str = "quire_stage_batches_committed_total";
     pub const BATCHES_ABORTED: &str = "quire_stage_batches_aborted_total";
