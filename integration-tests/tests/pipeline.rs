@@ -283,6 +283,65 @@ fn a_zombie_that_wakes_holding_a_batch_writes_none_of_it(mode: &str) {
     assert!(log.contains("membership check before writing the batch"), "{}", tail(&log, 20));
 }
 
+/// Two instances of every stage at once; the first of the claimer, inference and the
+/// validator each SIGSTOPped while it holds a batch, past the session timeout, so its
+/// partitions move to the second, then resumed: nothing lost, nothing duplicated, and
+/// the audit log keeps the rules, in both modes.
+fn two_instances_of_every_stage_with_one_paused_lose_and_duplicate_nothing(mode: &str) {
+    let stack = Stack::start();
+    let mut pipeline = Pipeline::new(&stack, mode);
+    // The first instances hold each batch for 5 s, so each is paused holding one.
+    pipeline.env.insert("QUIRE_COMMIT_INTERVAL_MS".into(), "5000".into());
+    let paused: Vec<(usize, &str)> = ["quire-claimer", "quire-inference", "quire-validator"].into_iter().map(|stage| (pipeline.start(stage, "0"), stage)).collect();
+    pipeline.start("quire-quarantine", "0");
+    pipeline.env.remove("QUIRE_COMMIT_INTERVAL_MS");
+    for stage in STAGES {
+        pipeline.start(stage, "1");
+    }
+    let data = write_dataset(stack.dir.path(), "pairs", 40, 2);
+    pipeline.publish(&data, "pairs").expect("publish");
+    let mut stopped = Vec::new();
+    eventually(WAIT, "each first instance to take in records, then be paused", || {
+        for &(index, stage) in &paused {
+            let short = stage.trim_start_matches("quire-");
+            let took = pipeline.services[index].metric("quire_stage_records_total", &[("stage", short)]).unwrap_or(0.0);
+            if took >= 1.0 && !stopped.contains(&index) {
+                signal(&pipeline.services[index], "-STOP");
+                stopped.push(index);
+            }
+        }
+        (stopped.len() == paused.len()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
+    // The second instances take the partitions once the sessions time out, and finish.
+    let report = assert_exactly_once(&pipeline, "pairs", 80);
+    let blocks = report_field(&report, "blocks_expected") as usize;
+    for &index in &stopped {
+        signal(&pipeline.services[index], "-CONT");
+    }
+    std::thread::sleep(Duration::from_secs(8));
+    let report = assert_exactly_once(&pipeline, "pairs", 80);
+    let names = TopicNames::new(&pipeline.prefix);
+    assert_eq!(report_field(&report, "completed_once") as usize, blocks);
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.completed()), blocks, "the woken instances wrote nothing of what they held");
+    assert_eq!(count_records(&stack, &pipeline.prefix, &names.queued()), blocks, "no block queued twice");
+}
+
+fn signal(service: &Service, which: &str) {
+    let pid = service.child.id().to_string();
+    assert!(std::process::Command::new("kill").args([which, &pid]).status().unwrap().success(), "kill {which} {pid}");
+}
+
+#[test]
+fn two_instances_of_every_stage_with_one_paused_lose_and_duplicate_nothing_transactional() {
+    two_instances_of_every_stage_with_one_paused_lose_and_duplicate_nothing("transactional");
+}
+
+#[test]
+fn two_instances_of_every_stage_with_one_paused_lose_and_duplicate_nothing_idempotent() {
+    two_instances_of_every_stage_with_one_paused_lose_and_duplicate_nothing("idempotent");
+}
+
 #[test]
 fn demo_runs_the_sample_through_the_pipeline() {
     let dir = tempfile::Builder::new().prefix("quire-demo-").tempdir().unwrap();

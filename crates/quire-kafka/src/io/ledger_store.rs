@@ -266,6 +266,22 @@ mod tests {
     }
 
     #[test]
+    fn a_store_held_by_another_opener_is_waited_for_and_refused_without_patience() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let holder = LedgerStore::open(&path).unwrap();
+        let err = LedgerStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("ledger.redb"), "{err}");
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(holder);
+        });
+        let store = LedgerStore::open_waiting(&path, std::time::Duration::from_secs(10)).expect("opened once the holder let go");
+        released.join().unwrap();
+        assert_eq!(store.checkpoint(0).unwrap(), None);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_store_is_named_in_the_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.redb");
