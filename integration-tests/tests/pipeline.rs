@@ -368,7 +368,7 @@ fn bench_runs_a_small_dataset_and_prints_its_figures() {
     let results = dir.path().join("figures.txt");
     let output = quire(
         &[
-            "bench", "--documents", "30", "--runs", "1", "--restart-records", "500", "--dir", &dir.path().to_string_lossy(), "--broker-port", &broker,
+            "bench", "--documents", "30", "--runs", "1", "--restart-records", "500", "--ledger-entries", "500", "--dir", &dir.path().to_string_lossy(), "--broker-port", &broker,
             "--registry-port", &registry, "--timeout", "120", "--results", &results.to_string_lossy(),
         ],
         &Default::default(),
@@ -389,6 +389,8 @@ fn bench_runs_a_small_dataset_and_prints_its_figures() {
         "validator alone",
         "watchdog while Quire ran",
         "claimer start with      500 records",
+        "claimer start with      500 ledger entries, a fresh disk",
+        "claimer start with      500 ledger entries, the disk it left",
     ];
     for figure in figure_lines {
         let line = figures.lines().find(|l| l.starts_with(figure)).unwrap_or_else(|| panic!("no {figure:?} figure:\n{figures}"));

@@ -4,7 +4,8 @@
 //! on the `noop` engine unless told otherwise, so the figures are Quire's own cost, not a
 //! model's), each `--runs` times, and prints medians and ratios; then end-to-end latency
 //! at half the measured rate, each stage alone against one raw hop, the watchdog's CPU
-//! and memory, and how long a stage takes to start with many records on its outputs.
+//! and memory, how long a stage takes to start with many records on its outputs, and
+//! with many entries in its ledger, on a fresh disk and on the disk it left.
 //! Speed is measured here, never asserted by tests; `scripts/bench.sh` runs it on a
 //! release build and writes the figures to `docs/benchmark.txt`.
 
@@ -49,6 +50,10 @@ pub struct Args {
     /// Records already on a stage's output topics when it starts, one restart figure each.
     #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
     pub restart_records: Vec<usize>,
+    /// Entries already in a stage's ledger when it starts, one pair of restart figures
+    /// each (a fresh disk, then the disk it left).
+    #[arg(long, value_delimiter = ',', default_value = "10000,1000000")]
+    pub ledger_entries: Vec<usize>,
     /// File the figures are also written to.
     #[arg(long)]
     pub results: Option<PathBuf>,
@@ -136,6 +141,15 @@ struct Figures {
     watchdog: Option<ProcessFigures>,
     /// (records on the outputs, start → first output).
     restarts: Vec<(usize, Duration)>,
+    /// (entries in the ledger, on a fresh disk, on the disk it left).
+    ledger_restarts: Vec<(usize, LedgerStart, LedgerStart)>,
+}
+
+/// One start of a stage with a ledger behind it: start → first output, peak memory.
+#[derive(Clone, Copy)]
+struct LedgerStart {
+    took: Duration,
+    peak_rss_bytes: u64,
 }
 
 /// One dataset through Quire: blocks, first submitted → last completed, latencies.
@@ -221,6 +235,11 @@ async fn measure(args: &Args, pipeline: &mut LocalPipeline) -> anyhow::Result<Fi
     for &records in &args.restart_records {
         println!("claimer restart with {records} records on its output topics");
         figures.restarts.push((records, restart(args, pipeline, records).await?));
+    }
+    for &entries in &args.ledger_entries {
+        println!("claimer start with {entries} entries in its ledger, on a fresh disk, then on the disk it left");
+        let (fresh, kept) = ledger_restart(args, pipeline, entries).await?;
+        figures.ledger_restarts.push((entries, fresh, kept));
     }
     Ok(figures)
 }
@@ -333,6 +352,64 @@ async fn restart(args: &Args, pipeline: &mut LocalPipeline, records: usize) -> a
     pipeline.stop_services();
     let first = arrivals.first().ok_or_else(|| anyhow::anyhow!("the claimer wrote nothing within {}s of starting", args.timeout))?;
     Ok(first - started)
+}
+
+/// Starts the claimer with `entries` already on its ledger, twice: on an empty state
+/// directory (it rebuilds its copy from the ledger topic), then on the one it left (it
+/// reads only what came after its checkpoint). Each time, how long until it writes the
+/// block of a document published before it started, and its peak resident memory.
+async fn ledger_restart(args: &Args, pipeline: &mut LocalPipeline, entries: usize) -> anyhow::Result<(LedgerStart, LedgerStart)> {
+    let kafka = fresh_deployment(&pipeline.kafka, "ledger").await?;
+    let names = TopicNames::new(&kafka.topic_prefix);
+    let queued = names.queued();
+    fill_ledger(&kafka, &names.ledger(quire_core::StageName::Claimer), &names.ingest(), entries).await?;
+    let state = pipeline.dir.join(format!("state-{}", kafka.topic_prefix));
+    let state = state.to_string_lossy().into_owned();
+    let mut starts = Vec::new();
+    for disk in ["fresh", "kept"] {
+        let probe = bench_submissions(args, &kafka, &format!("bench-ledger-{entries}-{disk}"), 1, 1)?;
+        publish(&kafka, &probe, true).await?;
+        let ends = quire_kafka::io::reader::TopicReader::uncommitted(&kafka)?.ends(&queued)?;
+        let counter = ArrivalCounter::start(&kafka.bootstrap_servers, &queued, 1, From::Offsets(ends))?;
+        let started = Instant::now();
+        pipeline.start_services(&["quire-claimer"], &[("QUIRE_TOPIC_PREFIX", kafka.topic_prefix.as_str()), ("QUIRE_STATE_DIR", &state)])?;
+        let usage = ProcessUse::start(*pipeline.service_ids().last().expect("the claimer started"));
+        let arrivals = wait_for(counter, Duration::from_secs(args.timeout)).await;
+        let used = usage.finish();
+        pipeline.stop_services();
+        let first = arrivals.first().ok_or_else(|| anyhow::anyhow!("the claimer wrote nothing within {}s of starting ({disk} disk)", args.timeout))?;
+        starts.push(LedgerStart { took: first - started, peak_rss_bytes: used.map_or(0, |u| u.peak_rss_bytes) });
+    }
+    Ok((starts[0], starts[1]))
+}
+
+/// Writes `entries` ledger entries to `ledger`, as a claimer leaves them after a long
+/// run: one per document read, each on its input's partition.
+async fn fill_ledger(kafka: &KafkaArgs, ledger: &str, input: &str, entries: usize) -> anyhow::Result<()> {
+    let codec = quire_kafka::Codec::new(&kafka.schema_registry_url)?;
+    quire_kafka::io::topics::register_all_schemas(&codec, kafka).await?;
+    let partitions = quire_kafka::io::reader::TopicReader::new(kafka)?.partitions(ledger)?;
+    let producer: BaseProducer = kafka.client_config().set("linger.ms", "20").set("batch.size", "1000000").create()?;
+    for n in 0..entries {
+        let partition = (n % partitions as usize) as i32;
+        let entry = quire_core::ledger::LedgerEntry {
+            stage: "claimer".into(),
+            key: quire_core::ids::fingerprint(&["document", "bench-filler", &n.to_string()]),
+            generation: 0,
+            fingerprint: quire_core::ids::fingerprint(&[&n.to_string()]),
+            state: Some(quire_core::BlockState::Queued),
+            output_keys: vec![format!("blk-filler-{n:08}")],
+            input_topic: input.to_owned(),
+            input_partition: partition,
+            input_offset: (n / partitions as usize) as i64,
+            recorded_at_ms: quire_core::records::now_ms(),
+        };
+        let payload = codec.encode(ledger, &entry).await?;
+        raw_chain::send(&producer, BaseRecord::to(ledger).partition(partition).key(&entry.key).payload(&payload))?;
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
 }
 
 /// Writes `records` earlier effects to `topic`: wire-format values, each with a dedup key
@@ -476,6 +553,16 @@ impl Figures {
         }
         for (records, took) in &self.restarts {
             let _ = writeln!(out, "claimer start with {records:>8} records on its outputs: {:.2} s to its first block", took.as_secs_f64());
+        }
+        for (entries, fresh, kept) in &self.ledger_restarts {
+            for (disk, start) in [("a fresh disk", fresh), ("the disk it left", kept)] {
+                let _ = writeln!(
+                    out,
+                    "claimer start with {entries:>8} ledger entries, {disk:<16}: {:.2} s to its first block, peak resident memory {:.1} MB",
+                    start.took.as_secs_f64(),
+                    start.peak_rss_bytes as f64 / 1e6
+                );
+            }
         }
         out
     }
