@@ -211,8 +211,31 @@ fn port_of(address: &str) -> anyhow::Result<u16> {
     address.rsplit(':').next().and_then(|p| p.parse().ok()).with_context(|| format!("no port in {address}"))
 }
 
+/// The id the broker gives its cluster: new at every start of a broker that keeps
+/// nothing (memory), the one kept in the stack directory for one that keeps its data
+/// (SQLite). Stages tell a cluster by it, so their local ledger copies never outlive the
+/// data they copy (nisshi's own default is one fixed name).
+fn cluster_id(dir: &Path, storage: Storage) -> anyhow::Result<String> {
+    let fresh = || format!("quire-local-{:016x}", rand::random::<u64>());
+    match storage {
+        Storage::Memory => Ok(fresh()),
+        Storage::Sqlite => {
+            let path = dir.join("cluster-id");
+            match std::fs::read_to_string(&path) {
+                Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+                _ => {
+                    let id = fresh();
+                    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+                    Ok(id)
+                }
+            }
+        }
+    }
+}
+
 fn spawn_broker(dir: &Path, port: u16, storage: Storage) -> anyhow::Result<u32> {
     let listener = format!("tcp://127.0.0.1:{port}");
+    let cluster = cluster_id(dir, storage)?;
     let storage = match storage {
         Storage::Memory => "memory://nisshi/".to_owned(),
         // nisshi resolves the SQLite path against its working directory (the stack dir).
@@ -226,6 +249,8 @@ fn spawn_broker(dir: &Path, port: u16, storage: Storage) -> anyhow::Result<u32> 
         listener,
         "--storage-engine".into(),
         storage,
+        "--cluster-id".into(),
+        cluster,
         "--group-initial-rebalance-delay".into(),
         "100ms".into(),
         "--silent".into(),

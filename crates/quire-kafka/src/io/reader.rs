@@ -134,11 +134,42 @@ impl TopicReader {
         timeout: Duration,
         on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<usize> {
-        let (read, pending) = self.read_until(topic, starts, Instant::now() + timeout, on_record)?;
-        match pending.is_empty() {
-            true => Ok(read),
-            false => Err(Error::Other(format!("reading {topic}: partitions {pending:?} did not reach their end in {timeout:?}"))),
+        self.read_to_ends(topic, starts, timeout, false, on_record)
+    }
+
+    /// [`TopicReader::read_partitions_to_end`] for as long as it takes while records
+    /// keep coming: it fails only when `stall` passes with none read and an end not
+    /// reached (a long history is read whole, a broker that stopped answering is not
+    /// waited for forever).
+    pub fn read_partitions_to_end_while_progressing(
+        &self,
+        topic: &str,
+        starts: &[(i32, Option<i64>)],
+        stall: Duration,
+        on_record: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<usize> {
+        self.read_to_ends(topic, starts, stall, true, on_record)
+    }
+
+    /// Reads partitions `starts` of `topic` to their end within `limit`: in all, or
+    /// (`while_progressing`) between two records.
+    fn read_to_ends(
+        &self,
+        topic: &str,
+        starts: &[(i32, Option<i64>)],
+        limit: Duration,
+        while_progressing: bool,
+        on_record: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<usize> {
+        let (read, pending) = self.read_until(topic, starts, Instant::now() + limit, while_progressing.then_some(limit), on_record)?;
+        if pending.is_empty() {
+            return Ok(read);
         }
+        let how = match while_progressing {
+            true => format!("gave no record for {limit:?} before their end"),
+            false => format!("did not reach their end in {limit:?}"),
+        };
+        Err(Error::Other(format!("reading {topic}: partitions {pending:?} {how}")))
     }
 
     /// Assigns partitions `starts` of `topic`, each from its offset (None: the beginning).
@@ -163,7 +194,8 @@ impl TopicReader {
         &self,
         topic: &str,
         starts: &[(i32, Option<i64>)],
-        deadline: Instant,
+        mut deadline: Instant,
+        stall: Option<Duration>,
         mut on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<(usize, HashSet<i32>)> {
         self.assign(topic, starts)?;
@@ -180,6 +212,9 @@ impl TopicReader {
                 Some(Ok(message)) => {
                     on_record(&message);
                     read += 1;
+                    if let Some(stall) = stall {
+                        deadline = Instant::now() + stall;
+                    }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     pending.remove(&partition);
@@ -201,7 +236,7 @@ impl TopicReader {
     pub fn read_new_within(&self, topic: &str, positions: &mut HashMap<i32, i64>, budget: Duration) -> Result<(Vec<Input>, bool)> {
         let mut records = Vec::new();
         let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, positions.get(&p).copied())).collect();
-        let (_, pending) = self.read_until(topic, &starts, Instant::now() + budget, |m| records.push(Input::from_message(m)))?;
+        let (_, pending) = self.read_until(topic, &starts, Instant::now() + budget, None, |m| records.push(Input::from_message(m)))?;
         for record in &records {
             positions.insert(record.partition, record.offset + 1);
         }
