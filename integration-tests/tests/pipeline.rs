@@ -283,40 +283,48 @@ fn a_zombie_that_wakes_holding_a_batch_writes_none_of_it(mode: &str) {
     assert!(log.contains("membership check before writing the batch"), "{}", tail(&log, 20));
 }
 
-/// Two instances of every stage at once; the first of the claimer, inference and the
-/// validator each SIGSTOPped while it holds a batch, past the session timeout, so its
-/// partitions move to the second, then resumed: nothing lost, nothing duplicated, and
-/// the audit log keeps the rules, in both modes.
+/// Two instances of every stage at once; in the claimer, inference and the validator,
+/// one instance SIGSTOPped once it has taken records in, past the session timeout, so
+/// its partitions move to the other, then resumed: nothing lost, nothing duplicated,
+/// and the audit log keeps the rules, in both modes. (A dataset's documents share its
+/// key, so one claimer holds them all: that one is paused. Inference and the validator
+/// pause their first instance, which holds each batch for 5 s, so it is paused holding
+/// one.)
 fn two_instances_of_every_stage_with_one_paused_lose_and_duplicate_nothing(mode: &str) {
     let stack = Stack::start();
     let mut pipeline = Pipeline::new(&stack, mode);
-    // The first instances hold each batch for 5 s, so each is paused holding one.
     pipeline.env.insert("QUIRE_COMMIT_INTERVAL_MS".into(), "5000".into());
-    let paused: Vec<(usize, &str)> = ["quire-claimer", "quire-inference", "quire-validator"].into_iter().map(|stage| (pipeline.start(stage, "0"), stage)).collect();
+    let claimers = vec![pipeline.start("quire-claimer", "0")];
+    let firsts: Vec<usize> = ["quire-inference", "quire-validator"].into_iter().map(|stage| pipeline.start(stage, "0")).collect();
     pipeline.start("quire-quarantine", "0");
     pipeline.env.remove("QUIRE_COMMIT_INTERVAL_MS");
-    for stage in STAGES {
+    let claimers = [claimers[0], pipeline.start("quire-claimer", "1")];
+    for stage in ["quire-inference", "quire-validator", "quire-quarantine"] {
         pipeline.start(stage, "1");
     }
+    // Whichever instance of each group takes records in first is paused.
+    let groups: [(&[usize], &str); 3] = [(&claimers, "claimer"), (&firsts[..1], "inference"), (&firsts[1..], "validator")];
     let data = write_dataset(stack.dir.path(), "pairs", 40, 2);
     pipeline.publish(&data, "pairs").expect("publish");
-    let mut stopped = Vec::new();
-    eventually(WAIT, "each first instance to take in records, then be paused", || {
-        for &(index, stage) in &paused {
-            let short = stage.trim_start_matches("quire-");
-            let took = pipeline.services[index].metric("quire_stage_records_total", &[("stage", short)]).unwrap_or(0.0);
-            if took >= 1.0 && !stopped.contains(&index) {
+    let mut stopped: Vec<Option<usize>> = vec![None; groups.len()];
+    eventually(WAIT, "an instance of each stage to take in records, then be paused", || {
+        for (group, (candidates, stage)) in groups.iter().enumerate() {
+            if stopped[group].is_some() {
+                continue;
+            }
+            let took = |index: usize| pipeline.services[index].metric("quire_stage_records_total", &[("stage", stage)]).unwrap_or(0.0) >= 1.0;
+            if let Some(&index) = candidates.iter().find(|&&index| took(index)) {
                 signal(&pipeline.services[index], "-STOP");
-                stopped.push(index);
+                stopped[group] = Some(index);
             }
         }
-        (stopped.len() == paused.len()).then_some(())
+        stopped.iter().all(Option::is_some).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", pipeline.logs()));
-    // The second instances take the partitions once the sessions time out, and finish.
+    // The other instances take the partitions once the sessions time out, and finish.
     let report = assert_exactly_once(&pipeline, "pairs", 80);
     let blocks = report_field(&report, "blocks_expected") as usize;
-    for &index in &stopped {
+    for index in stopped.into_iter().flatten() {
         signal(&pipeline.services[index], "-CONT");
     }
     std::thread::sleep(Duration::from_secs(8));
