@@ -121,8 +121,7 @@ impl TopicReader {
         timeout: Duration,
         on_record: impl FnMut(&BorrowedMessage<'_>),
     ) -> Result<usize> {
-        let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, start(p))).collect();
-        self.read_partitions_to_end(topic, &starts, timeout, on_record)
+        self.read_partitions_to_end(topic, &self.every_partition(topic, start)?, timeout, on_record)
     }
 
     /// Reads the partitions `starts` names of `topic`, each from its offset (None: the
@@ -181,10 +180,9 @@ impl TopicReader {
         Ok(self.consumer.assign(&assignment)?)
     }
 
-    /// Assigns every partition of `topic` from `start(partition)` (None: the beginning).
-    fn assign_from(&self, topic: &str, start: impl Fn(i32) -> Option<i64>) -> Result<()> {
-        let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, start(p))).collect();
-        self.assign(topic, &starts)
+    /// Every partition of `topic`, each from `start(partition)` (None: the beginning).
+    fn every_partition(&self, topic: &str, start: impl Fn(i32) -> Option<i64>) -> Result<Vec<(i32, Option<i64>)>> {
+        Ok((0..self.partitions(topic)?).map(|p| (p, start(p))).collect())
     }
 
     /// Reads partitions `starts` of `topic` from their offsets until every one reached
@@ -235,7 +233,7 @@ impl TopicReader {
     /// for at most `budget`; the flag says whether every partition reached its end.
     pub fn read_new_within(&self, topic: &str, positions: &mut HashMap<i32, i64>, budget: Duration) -> Result<(Vec<Input>, bool)> {
         let mut records = Vec::new();
-        let starts: Vec<(i32, Option<i64>)> = (0..self.partitions(topic)?).map(|p| (p, positions.get(&p).copied())).collect();
+        let starts = self.every_partition(topic, |p| positions.get(&p).copied())?;
         let (_, pending) = self.read_until(topic, &starts, Instant::now() + budget, None, |m| records.push(Input::from_message(m)))?;
         for record in &records {
             positions.insert(record.partition, record.offset + 1);
@@ -310,7 +308,7 @@ impl TopicReader {
         mut on_record: impl FnMut(&BorrowedMessage<'_>),
         keep_going: impl Fn() -> bool,
     ) -> Result<()> {
-        self.assign_from(topic, start)?;
+        self.assign(topic, &self.every_partition(topic, start)?)?;
         while keep_going() {
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => on_record(&message),

@@ -2,7 +2,7 @@
 //! queues them. A resubmission (same idempotency key) yields the same block ids, which
 //! the processing loop's dedup drops.
 
-use super::{block_headers, decode_failure, BlockRef};
+use super::{block_headers, BlockRef};
 use crate::pipeline::{Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, Block, DatasetSubmission};
@@ -62,14 +62,7 @@ impl Stage for Claimer {
     type Work = DatasetSubmission;
 
     async fn read(&mut self, input: &Input) -> Result<Reading<DatasetSubmission>, StageError> {
-        let submission: DatasetSubmission = match self.context.codec.decode(input.payload.as_deref()).await {
-            Ok(submission) => submission,
-            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
-        };
-        Ok(match quire_core::screen::submission(&submission) {
-            Err(failure) => Reading::Unreadable(failure),
-            Ok(()) => Reading::Read { key: LedgerKey::of_submission(&submission), work: submission },
-        })
+        self.context.read(input, quire_core::screen::submission, LedgerKey::of_submission).await
     }
 
     async fn process(&mut self, input: &Input, submission: DatasetSubmission) -> Result<Vec<Effect>, StageError> {

@@ -8,7 +8,7 @@
 //! breaker half-opens. Retry topics are inputs too: the loop holds each of their
 //! records back until it is due.
 
-use super::{block_headers, block_key, decode_failure, BlockRef};
+use super::{block_headers, block_key, BlockRef};
 use crate::pipeline::{Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, output_checksum, Block, EngineOutput, InferenceResult};
@@ -65,14 +65,7 @@ impl Stage for Inference {
     type Work = Block;
 
     async fn read(&mut self, input: &Input) -> Result<Reading<Block>, StageError> {
-        let block: Block = match self.context.codec.decode(input.payload.as_deref()).await {
-            Ok(block) => block,
-            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
-        };
-        Ok(match quire_core::screen::block(&block) {
-            Err(failure) => Reading::Unreadable(failure),
-            Ok(()) => Reading::Read { key: LedgerKey::of_queued(&block), work: block },
-        })
+        self.context.read(input, quire_core::screen::block, LedgerKey::of_queued).await
     }
 
     async fn process(&mut self, input: &Input, block: Block) -> Result<Vec<Effect>, StageError> {

@@ -15,13 +15,15 @@ pub mod validator;
 
 use crate::record::headers::{self, block_headers, Headers};
 use crate::pipeline::letters::{self, BlockRef};
-use crate::pipeline::{Effect, StageContext, StageError, Writes};
+use crate::pipeline::{Effect, Reading, StageContext, StageError, Writes};
 use crate::record::{Input, OutputRecord};
 use crate::telemetry::{events, EffectEvent};
 use crate::Error;
 use quire_core::records::{now_ms, Block};
 use quire_core::retry::RetryDecision;
 use quire_core::{BlockState, Failure};
+use quire_core::ledger::LedgerKey;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Turns a codec error into what the stage does about it: bad bytes are a data failure
@@ -60,6 +62,24 @@ pub fn failure_key(block: &Block) -> String {
 }
 
 impl StageContext {
+    /// `input` decoded as a `T` and passed by `screen`, known to the ledger as `key(T)`;
+    /// or why it cannot be read.
+    async fn read<T: DeserializeOwned>(
+        &self,
+        input: &Input,
+        screen: impl FnOnce(&T) -> Result<(), Failure>,
+        key: impl FnOnce(&T) -> LedgerKey,
+    ) -> Result<Reading<T>, StageError> {
+        let work: T = match self.codec.decode(input.payload.as_deref()).await {
+            Ok(work) => work,
+            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
+        };
+        Ok(match screen(&work) {
+            Err(failure) => Reading::Unreadable(failure),
+            Ok(()) => Reading::Read { key: key(&work), work },
+        })
+    }
+
     async fn encode<T: Serialize>(&self, topic: &str, key: &str, value: &T, headers: Headers) -> Result<OutputRecord, StageError> {
         let payload = self.codec.encode(topic, value).await.map_err(encode_failure)?;
         Ok(OutputRecord { topic: topic.to_owned(), key: key.to_owned(), payload, headers, partition: None })

@@ -4,7 +4,7 @@
 //! completed topic once, however often it was replayed, and a later generation of a
 //! completed block is neither failed nor canceled here.
 
-use super::{block_headers, decode_failure, BlockRef};
+use super::{block_headers, BlockRef};
 use crate::pipeline::{first_answer_stands, Effect, Reading, Stage, StageContext, StageError};
 use crate::record::Input;
 use quire_core::records::{now_ms, InferenceResult, ValidatedResult};
@@ -29,14 +29,7 @@ impl Stage for Validator {
     type Work = InferenceResult;
 
     async fn read(&mut self, input: &Input) -> Result<Reading<InferenceResult>, StageError> {
-        let result: InferenceResult = match self.context.codec.decode(input.payload.as_deref()).await {
-            Ok(result) => result,
-            Err(e) => return Ok(Reading::Unreadable(decode_failure(e)?)),
-        };
-        Ok(match quire_core::screen::block(&result.block) {
-            Err(failure) => Reading::Unreadable(failure),
-            Ok(()) => Reading::Read { key: LedgerKey::of_result(&result), work: result },
-        })
+        self.context.read(input, |result: &InferenceResult| quire_core::screen::block(&result.block), LedgerKey::of_result).await
     }
 
     /// Two results of one block generation may differ (a model answers a replayed
