@@ -125,6 +125,14 @@ impl Stack {
         let _ = quire(&["stack", "down", "--dir", &dir], &HashMap::new());
     }
 
+    /// Writes `text` to a new file `<name>-<random>.<ext>` in the stack's directory;
+    /// returns its path.
+    pub fn write_file(&self, name: &str, ext: &str, text: &str) -> String {
+        let path = self.dir.path().join(format!("{name}-{}.{ext}", rand::random::<u32>()));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path.to_string_lossy().into_owned()
+    }
+
     /// Environment for Quire binaries pointed at this stack, under `prefix`.
     pub fn env(&self, prefix: &str) -> HashMap<String, String> {
         HashMap::from([
@@ -293,9 +301,7 @@ impl<'a> Pipeline<'a> {
     /// A pipeline whose inference runs the engines of `engines_yaml` (written to the
     /// stack's directory), retrying after `retry_delays_ms`; every stage started.
     pub fn with_engines(stack: &'a Stack, engines_yaml: &str, retry_delays_ms: &str) -> Self {
-        let path = stack.dir.path().join(format!("engines-{}.yaml", rand::random::<u32>()));
-        std::fs::write(&path, engines_yaml).expect("write engines config");
-        let path = path.to_string_lossy().into_owned();
+        let path = stack.write_file("engines", "yaml", engines_yaml);
         let mut pipeline = Self::with_env(stack, "transactional", &[("QUIRE_ENGINES_CONFIG", &path), ("QUIRE_RETRY_DELAYS_MS", retry_delays_ms)]);
         pipeline.start_all();
         pipeline
@@ -412,6 +418,41 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// Longest a test reads one topic to its end: a full chaos run's audit topic holds
 /// 100 000 records and more on a broker storing them in SQLite.
 const READ_TOPIC_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A record as read: key, value and headers, to write again as it was.
+pub type Copied = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// Every record on `topic`, copied.
+pub fn copies(stack: &Stack, prefix: &str, topic: &str) -> Vec<Copied> {
+    use rdkafka::message::Headers as _;
+    use rdkafka::Message as _;
+    let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
+    let mut found = Vec::new();
+    reader
+        .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
+            let headers = m.headers().map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default();
+            found.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
+        })
+        .expect("read topic");
+    found
+}
+
+/// Writes `records` to `topic` again, as they were.
+pub fn write_again(stack: &Stack, topic: &str, records: &[Copied]) {
+    let producer: rdkafka::producer::BaseProducer = stack.rdkafka_config().create().expect("producer");
+    for (key, value, copied) in records {
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (name, value) in copied {
+            headers = headers.insert(rdkafka::message::Header { key: name, value: Some(value) });
+        }
+        let mut record = rdkafka::producer::BaseRecord::to(topic).payload(value).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer.send(record).map_err(|(e, _)| e).expect("send");
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).expect("flush");
+}
 
 /// Number of records on a topic as a read_committed consumer sees them.
 pub fn count_records(stack: &Stack, prefix: &str, topic: &str) -> usize {

@@ -70,8 +70,6 @@ fn transient_failures_are_retried_until_they_succeed() {
 /// call, so no PROCESSING, no new retry and no audit event follows the block's COMPLETED.
 #[test]
 fn a_stale_retry_of_a_completed_block_writes_nothing() {
-    use rdkafka::message::{Header, Headers, OwnedHeaders};
-    use rdkafka::Message;
     let runtime = runtime();
     let stack = Stack::start();
     let server = ModelServer::start(Behaviour::Healthy);
@@ -80,25 +78,10 @@ fn a_stale_retry_of_a_completed_block_writes_nothing() {
     assert_exactly_once(&pipeline, "stale", 2);
     server.set(Behaviour::Failing);
     let names = TopicNames::new(&pipeline.prefix);
-    let reader = quire_kafka::io::reader::TopicReader::new(&stack.kafka_args(&pipeline.prefix)).expect("reader");
-    let mut queued = Vec::new();
-    reader
-        .read_to_end(&names.queued(), |_| None, Duration::from_secs(30), |m| {
-            let headers: Vec<(String, Vec<u8>)> = m.headers().map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default();
-            queued.push((m.key().unwrap().to_vec(), m.payload().unwrap().to_vec(), headers));
-        })
-        .expect("read queued");
-    let (key, value, copied) = queued.first().expect("a queued block").clone();
-    let block_id = String::from_utf8(key.clone()).unwrap();
+    let copy = copies(&stack, &pipeline.prefix, &names.queued()).into_iter().next().expect("a queued block");
+    let block_id = String::from_utf8(copy.0.clone().expect("keyed by block id")).unwrap();
     let processed_before = metric(&mut pipeline, "quire-inference", "quire_stage_records_total", &[("stage", "inference")]);
-    let retry_topic = format!("{}-retry-300", names.queued());
-    let producer: BaseProducer = stack.rdkafka_config().create().expect("producer");
-    let mut headers = OwnedHeaders::new();
-    for (name, value) in &copied {
-        headers = headers.insert(Header { key: name, value: Some(value) });
-    }
-    producer.send(BaseRecord::to(&retry_topic).key(&key).payload(&value).headers(headers)).expect("send");
-    producer.flush(Duration::from_secs(10)).expect("flush");
+    write_again(&stack, &format!("{}-retry-300", names.queued()), &[copy]);
     eventually(WAIT, "inference to read the stale copy", || {
         (metric(&mut pipeline, "quire-inference", "quire_stage_records_total", &[("stage", "inference")]) > processed_before).then_some(())
     })

@@ -15,8 +15,6 @@ use quire_kafka::io::reader::TopicReader;
 use quire_kafka::Codec;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -98,39 +96,6 @@ fn every_stage_ledgers_each_input_on_its_partition_idempotent() {
     every_stage_ledgers_each_input_on_its_partition("idempotent");
 }
 
-/// A record as read: key, value and headers, to write again as it was.
-type Copy = (Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
-
-/// Every record on `topic`, copied.
-fn copies(stack: &Stack, prefix: &str, topic: &str) -> Vec<Copy> {
-    let reader = TopicReader::new(&stack.kafka_args(prefix)).expect("reader");
-    let mut found = Vec::new();
-    reader
-        .read_to_end(topic, |_| None, Duration::from_secs(60), |m| {
-            let headers = m.headers().map(|hs| hs.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect()).unwrap_or_default();
-            found.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec(), headers));
-        })
-        .expect("read topic");
-    found
-}
-
-/// Writes `records` to `topic` again, as they were.
-fn write_again(stack: &Stack, topic: &str, records: &[Copy]) {
-    let producer: BaseProducer = stack.rdkafka_config().create().expect("producer");
-    for (key, value, copied) in records {
-        let mut headers = OwnedHeaders::new();
-        for (name, value) in copied {
-            headers = headers.insert(Header { key: name, value: Some(value) });
-        }
-        let mut record = BaseRecord::to(topic).payload(value).headers(headers);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        producer.send(record).map_err(|(e, _)| e).expect("send");
-    }
-    producer.flush(Duration::from_secs(10)).expect("flush");
-}
-
 /// Deletes every record of `topics` (DeleteRecords up to each partition's end), as
 /// retention does once their time is up.
 fn empty(stack: &Stack, prefix: &str, topics: &BTreeSet<String>, runtime: &tokio::runtime::Runtime) {
@@ -155,9 +120,7 @@ fn empty(stack: &Stack, prefix: &str, topics: &BTreeSet<String>, runtime: &tokio
 /// stack's directory; its path.
 fn engines_config(stack: &Stack, server: &ModelServer) -> String {
     let yaml = format!("engines:\n  - {{name: llm, kind: openai, url: \"{}\", model: test-model}}\ntasks:\n  translate:\n    engines: [llm]\n", server.url);
-    let path = stack.dir.path().join(format!("engines-{}.yaml", rand::random::<u32>()));
-    std::fs::write(&path, yaml).expect("write engines config");
-    path.to_string_lossy().into_owned()
+    stack.write_file("engines", "yaml", &yaml)
 }
 
 fn answered(pipeline: &mut Pipeline<'_>, service: &str, stage: &str) -> f64 {
